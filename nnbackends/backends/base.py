@@ -1,0 +1,346 @@
+"""The kernel table: the one interface every array backend implements.
+
+``Backend`` names every kernel and states its contract. ``ArrayBackend`` gives a
+default for each kernel written once against an array module ``self.xp`` (NumPy
+or anything that mimics it, such as CuPy); the NumPy backend is exactly these
+defaults, and other backends override the kernels they make faster.
+
+Conventions shared by every kernel:
+
+* Arrays are backend arrays (``numpy.ndarray`` for the CPU backends,
+  ``cupy.ndarray`` for CuPy). Float arguments share one dtype (float32 or
+  float64); results have that dtype.
+* "Batch" arrays are 2-D ``(n_samples, n_features)``.
+* Labels ``y`` are either integer class indices of shape ``(n,)`` or one-hot
+  rows of shape ``(n, n_classes)`` in the float dtype.
+* Reductions (losses, accuracy) return 0-d backend arrays that stay on the
+  device; ``to_float`` pulls one to the host.
+* Optimizer updates write in place into ``param`` and their state arrays and
+  return nothing. Learning rates and other hyperparameters are Python floats.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+#: Probability clipping used by the cross-entropy losses (the nnfs book's value).
+CLIP = 1e-7
+
+#: Every numeric kernel of the table, in the order ``nnbackends info`` lists them.
+KERNELS = (
+    "dense_forward",
+    "dense_backward",
+    "relu_forward",
+    "relu_backward",
+    "leaky_relu_forward",
+    "leaky_relu_backward",
+    "sigmoid_forward",
+    "sigmoid_backward",
+    "tanh_forward",
+    "tanh_backward",
+    "softmax_forward",
+    "softmax_backward",
+    "linear_forward",
+    "linear_backward",
+    "cce_loss",
+    "cce_backward",
+    "softmax_cce_backward",
+    "bce_loss",
+    "bce_backward",
+    "mse_loss",
+    "mse_backward",
+    "mae_loss",
+    "mae_backward",
+    "regularization_loss",
+    "regularization_backward",
+    "dropout_mask",
+    "multiply",
+    "sgd_update",
+    "adagrad_update",
+    "rmsprop_update",
+    "adam_update",
+    "argmax",
+    "categorical_accuracy",
+    "binary_accuracy",
+    "regression_accuracy",
+    "all_finite",
+)
+
+
+class Backend:
+    """Abstract kernel table. Subclasses set ``name`` and implement every method."""
+
+    name: str = "abstract"
+    #: Kernels this backend hands to a BLAS library (reported by ``nnbackends info``).
+    blas_kernels: tuple[str, ...] = ()
+
+    # ------------------------------------------------------------------ plumbing
+    def asarray(self, x, dtype=None):
+        """Host (or device) array -> backend array of ``dtype`` (copied only if needed)."""
+        raise NotImplementedError
+
+    def to_numpy(self, x) -> np.ndarray:
+        """Backend array -> host ``numpy.ndarray``."""
+        raise NotImplementedError
+
+    def to_float(self, x) -> float:
+        """0-d backend array -> Python float (the only place a reduction leaves the device)."""
+        raise NotImplementedError
+
+    def zeros(self, shape, dtype):
+        raise NotImplementedError
+
+    def synchronize(self) -> None:
+        """Block until queued device work is done (a no-op on the CPU)."""
+
+    def warmup(self, dtypes=("float32", "float64")) -> None:
+        """Compile or load every kernel ahead of time (a no-op where nothing compiles)."""
+
+    def compile_step(self, model):
+        """A fused training step for ``model``, or None when this backend has none for it.
+
+        The returned callable ``step(x, y)`` does forward, loss, backward,
+        regularization and the optimizer update for one batch, updating the
+        model's parameter and optimizer-state arrays in place, and returns
+        ``(data_loss, accuracy, finite)``: two 0-d backend arrays and a host bool
+        that is False when the loss or a gradient was not finite (in which case
+        no parameter was changed). The trainer calls the optimizer's
+        ``pre_update``/``post_update`` around it, exactly as on the per-layer path.
+        """
+        return None
+
+    def describe(self) -> dict:
+        """Facts for ``nnbackends info`` (device, versions, threads)."""
+        return {}
+
+    def native_kernels(self) -> list[str]:
+        """Kernels whose implementation this backend's own class provides."""
+        own = [c for c in type(self).__mro__ if c not in _SHARED_CLASSES]
+        return [k for k in KERNELS if any(k in vars(c) for c in own)]
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r}>"
+
+
+class ArrayBackend(Backend):
+    """Every kernel written once against the array module ``self.xp``.
+
+    This is the readable reference. A subclass that sets ``xp`` to another
+    NumPy-compatible module (CuPy) runs all of it on that module's arrays.
+    """
+
+    xp = np
+
+    # ------------------------------------------------------------------ plumbing
+    def asarray(self, x, dtype=None):
+        return self.xp.asarray(x, dtype=dtype)
+
+    def to_numpy(self, x) -> np.ndarray:
+        return np.asarray(x)
+
+    def to_float(self, x) -> float:
+        return float(x)
+
+    def zeros(self, shape, dtype):
+        return self.xp.zeros(shape, dtype=dtype)
+
+    # ------------------------------------------------------------------ dense
+    def dense_forward(self, x, W, b):
+        """``x @ W + b`` for x (n, i), W (i, o), b (o,) -> (n, o)."""
+        out = x @ W
+        out += b
+        return out
+
+    def dense_backward(self, x, W, dy, need_dx=True):
+        """Gradients of ``x @ W + b`` given dy (n, o): returns ``(dx, dW, db)``.
+
+        ``dx`` is None when ``need_dx`` is False (the first layer needs none).
+        """
+        dW = x.T @ dy
+        db = dy.sum(axis=0)
+        dx = dy @ W.T if need_dx else None
+        return dx, dW, db
+
+    # ------------------------------------------------------------------ activations
+    # Backward kernels take what the derivative is cheapest in: the input x for
+    # ReLU-like activations, the output y for sigmoid, tanh and softmax.
+    def relu_forward(self, x):
+        return self.xp.maximum(x, 0)
+
+    def relu_backward(self, x, dy):
+        return dy * (x > 0)
+
+    def leaky_relu_forward(self, x, alpha):
+        return self.xp.where(x > 0, x, x * x.dtype.type(alpha))
+
+    def leaky_relu_backward(self, x, dy, alpha):
+        return self.xp.where(x > 0, dy, dy * dy.dtype.type(alpha))
+
+    def sigmoid_forward(self, x):
+        # 0.5 * (1 + tanh(x / 2)) is the logistic function without exp overflow.
+        half = x.dtype.type(0.5)
+        return half + half * self.xp.tanh(half * x)
+
+    def sigmoid_backward(self, y, dy):
+        return dy * y * (1 - y)
+
+    def tanh_forward(self, x):
+        return self.xp.tanh(x)
+
+    def tanh_backward(self, y, dy):
+        return dy * (1 - y * y)
+
+    def softmax_forward(self, x):
+        """Row-wise softmax, shifted by the row maximum so no exp overflows."""
+        e = self.xp.exp(x - x.max(axis=1, keepdims=True))
+        e /= e.sum(axis=1, keepdims=True)
+        return e
+
+    def softmax_backward(self, y, dy):
+        """Jacobian-vector product of softmax: ``y * (dy - sum(dy * y, row))``."""
+        return y * (dy - (dy * y).sum(axis=1, keepdims=True))
+
+    def linear_forward(self, x):
+        return x
+
+    def linear_backward(self, x, dy):
+        return dy
+
+    # ------------------------------------------------------------------ losses
+    # Every loss is the mean over samples of a per-sample loss; per-sample
+    # losses of multi-output targets are means over outputs (the nnfs book's
+    # definitions). Gradients are with respect to y_pred of that mean.
+    def _true_class_probability(self, p, y):
+        xp = self.xp
+        if y.ndim == 1:
+            return p[xp.arange(p.shape[0]), y]
+        return (p * y).sum(axis=1)
+
+    def cce_loss(self, p, y):
+        """Categorical cross-entropy of probabilities p (n, k), clipped to [1e-7, 1-1e-7]."""
+        picked = self._true_class_probability(self.xp.clip(p, CLIP, 1 - CLIP), y)
+        return -self.xp.log(picked).mean()
+
+    def _one_hot(self, y, k, dtype):
+        if y.ndim == 2:
+            return y
+        out = self.xp.zeros((y.shape[0], k), dtype=dtype)
+        out[self.xp.arange(y.shape[0]), y] = 1
+        return out
+
+    def cce_backward(self, p, y):
+        """Gradient of ``cce_loss`` (the clipping treated as the identity, as in nnfs)."""
+        n = p.shape[0]
+        return -self._one_hot(y, p.shape[1], p.dtype) / (p * n)
+
+    def softmax_cce_backward(self, p, y):
+        """Gradient of cce_loss(softmax(z)) with respect to the logits z, given p = softmax(z)."""
+        return (p - self._one_hot(y, p.shape[1], p.dtype)) / p.shape[0]
+
+    def bce_loss(self, p, y):
+        p = self.xp.clip(p, CLIP, 1 - CLIP)
+        return -(y * self.xp.log(p) + (1 - y) * self.xp.log(1 - p)).mean()
+
+    def bce_backward(self, p, y):
+        p = self.xp.clip(p, CLIP, 1 - CLIP)
+        return -(y / p - (1 - y) / (1 - p)) / p.size
+
+    def mse_loss(self, p, y):
+        d = y - p
+        return (d * d).mean()
+
+    def mse_backward(self, p, y):
+        return (p - y) * p.dtype.type(2.0 / p.size)
+
+    def mae_loss(self, p, y):
+        return self.xp.abs(y - p).mean()
+
+    def mae_backward(self, p, y):
+        return self.xp.sign(p - y) / p.dtype.type(p.size)
+
+    def regularization_loss(self, w, l1, l2):
+        """``l1 * sum|w| + l2 * sum w**2`` as a 0-d array."""
+        xp = self.xp
+        loss = xp.zeros((), dtype=w.dtype)
+        if l1:
+            loss = loss + l1 * xp.abs(w).sum()
+        if l2:
+            loss = loss + l2 * (w * w).sum()
+        return loss
+
+    def regularization_backward(self, w, dw, l1, l2):
+        """Add the gradient of ``regularization_loss`` to dw, in place."""
+        if l1:
+            dw += w.dtype.type(l1) * self.xp.sign(w)
+        if l2:
+            dw += w.dtype.type(2 * l2) * w
+
+    # ------------------------------------------------------------------ dropout
+    def dropout_mask(self, shape, rate, rng, dtype):
+        """Inverted-dropout mask: 0 with probability ``rate``, else ``1/(1-rate)``.
+
+        ``rng`` is the model's host ``numpy.random.Generator``; every backend
+        draws from it so that one seed gives one training run.
+        """
+        keep = rng.random(shape) >= rate
+        return self.asarray(keep / (1.0 - rate), dtype=dtype)
+
+    def multiply(self, a, b):
+        """Elementwise product (dropout's forward and backward)."""
+        return a * b
+
+    # ------------------------------------------------------------------ optimizers
+    def sgd_update(self, param, grad, lr, momentum=0.0, velocity=None):
+        """Plain: ``param -= lr*grad``; with momentum: ``v = momentum*v - lr*grad; param += v``."""
+        if velocity is None:
+            param -= param.dtype.type(lr) * grad
+        else:
+            velocity *= velocity.dtype.type(momentum)
+            velocity -= velocity.dtype.type(lr) * grad
+            param += velocity
+
+    def adagrad_update(self, param, grad, cache, lr, epsilon):
+        cache += grad * grad
+        param -= param.dtype.type(lr) * grad / (self.xp.sqrt(cache) + param.dtype.type(epsilon))
+
+    def rmsprop_update(self, param, grad, cache, lr, rho, epsilon):
+        cache *= cache.dtype.type(rho)
+        cache += cache.dtype.type(1 - rho) * grad * grad
+        param -= param.dtype.type(lr) * grad / (self.xp.sqrt(cache) + param.dtype.type(epsilon))
+
+    def adam_update(self, param, grad, m, v, lr, beta_1, beta_2, epsilon, step):
+        """Adam with bias correction; ``step`` counts from 1."""
+        t = param.dtype.type
+        m *= t(beta_1)
+        m += t(1 - beta_1) * grad
+        v *= t(beta_2)
+        v += t(1 - beta_2) * grad * grad
+        m_hat = m / t(1 - beta_1**step)
+        v_hat = v / t(1 - beta_2**step)
+        param -= t(lr) * m_hat / (self.xp.sqrt(v_hat) + t(epsilon))
+
+    # ------------------------------------------------------------------ metrics
+    def argmax(self, x):
+        """Row-wise argmax of (n, k) -> (n,) integer indices."""
+        return x.argmax(axis=1)
+
+    def categorical_accuracy(self, p, y):
+        """Fraction of rows whose argmax matches the label (integer or one-hot)."""
+        labels = y if y.ndim == 1 else y.argmax(axis=1)
+        return (p.argmax(axis=1) == labels).mean()
+
+    def binary_accuracy(self, p, y):
+        """Fraction of outputs where ``p > 0.5`` matches the 0/1 target."""
+        return ((p > 0.5) == (y > 0.5)).mean()
+
+    def regression_accuracy(self, p, y, precision):
+        """Fraction of outputs within ``precision`` of the target."""
+        return (self.xp.abs(p - y) < precision).mean()
+
+    def all_finite(self, arrays) -> bool:
+        """True when no array holds NaN or Inf (a host bool: the trainer acts on it)."""
+        xp = self.xp
+        return all(bool(xp.isfinite(a).all()) for a in arrays)
+
+
+#: Classes whose kernels are shared defaults, not a backend's own.
+_SHARED_CLASSES = (Backend, ArrayBackend, object)

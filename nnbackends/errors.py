@@ -1,0 +1,24 @@
+"""Exceptions raised by nnbackends."""
+from __future__ import annotations
+
+
+class BackendUnavailableError(RuntimeError):
+    """A backend was asked for that is unknown or cannot run on this machine."""
+
+
+class TrainingDivergedError(FloatingPointError):
+    """The loss or a gradient stopped being finite during ``fit``.
+
+    The model keeps the weights of the last finite step; ``history`` holds the
+    epochs completed before the failure.
+    """
+
+    def __init__(self, message, *, epoch, step, history):
+        super().__init__(message)
+        self.epoch = epoch
+        self.step = step
+        self.history = history
+
+
+class ModelFileError(ValueError):
+    """A model file is not a valid nnbackends safetensors file."""

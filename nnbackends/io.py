@@ -1,0 +1,161 @@
+"""Model files in the safetensors format, written atomically and read without executing anything.
+
+Layout (https://github.com/huggingface/safetensors): an 8-byte little-endian
+header length, a JSON header naming each tensor's dtype, shape and byte range,
+then the raw little-endian tensor bytes. Our header's ``__metadata__`` holds
+the architecture and compile settings as JSON strings.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import struct
+import tempfile
+
+import numpy as np
+
+from .errors import ModelFileError
+
+FORMAT = "nnbackends"
+FORMAT_VERSION = "1"
+MAX_HEADER = 100 * 1024 * 1024
+_DTYPES = {"F32": np.dtype("<f4"), "F64": np.dtype("<f8"), "F16": np.dtype("<f2"),
+           "I64": np.dtype("<i8"), "I32": np.dtype("<i4"), "U8": np.dtype("u1")}
+_CODES = {v: k for k, v in _DTYPES.items()}
+
+
+# ---------------------------------------------------------------------- raw format
+def write_safetensors(path, tensors: dict[str, np.ndarray], metadata: dict[str, str]) -> None:
+    """Write ``tensors`` to ``path`` atomically: a failure leaves an existing file intact."""
+    header, blobs, offset = {"__metadata__": metadata}, [], 0
+    for name, array in tensors.items():
+        array = np.ascontiguousarray(array)
+        array = array.astype(array.dtype.newbyteorder("<"), copy=False)
+        code = _CODES.get(array.dtype)
+        if code is None:
+            raise TypeError(f"Cannot save tensor {name!r} of dtype {array.dtype}.")
+        blob = array.tobytes()
+        header[name] = {"dtype": code, "shape": list(array.shape), "data_offsets": [offset, offset + len(blob)]}
+        blobs.append(blob)
+        offset += len(blob)
+    head = json.dumps(header, separators=(",", ":")).encode()
+    head += b" " * (-len(head) % 8)
+    atomic_write(path, [struct.pack("<Q", len(head)), head, *blobs])
+
+
+def atomic_write(path, chunks) -> None:
+    """Write ``chunks`` to a temporary file beside ``path``, flush it to disk, then rename it over ``path``."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            for chunk in chunks:
+                f.write(chunk)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    with contextlib.suppress(OSError):  # make the rename itself durable where the platform allows
+        dir_fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+def read_safetensors(path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """Read a safetensors file; raise ``ModelFileError`` naming what is wrong with it."""
+    path = os.fspath(path)
+    with open(path, "rb") as f:
+        data = f.read()
+    where = f"{path!r} is not a valid safetensors file"
+    if len(data) < 8:
+        raise ModelFileError(f"{where}: it has {len(data)} bytes, fewer than the 8-byte header length.")
+    (n,) = struct.unpack("<Q", data[:8])
+    if n > MAX_HEADER or 8 + n > len(data):
+        raise ModelFileError(f"{where}: its header claims {n} bytes but the file has {len(data)} (truncated?).")
+    try:
+        header = json.loads(data[8:8 + n].decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelFileError(f"{where}: its header is not JSON ({exc}).") from None
+    if not isinstance(header, dict):
+        raise ModelFileError(f"{where}: its header is not a JSON object.")
+    metadata = header.pop("__metadata__", None) or {}
+    buffer = memoryview(data)[8 + n:]
+    tensors = {}
+    for name, info in header.items():
+        try:
+            dtype = _DTYPES[info["dtype"]]
+            shape = tuple(int(d) for d in info["shape"])
+            begin, end = (int(o) for o in info["data_offsets"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ModelFileError(f"{where}: tensor {name!r} has a malformed entry ({exc!r}).") from None
+        if not 0 <= begin <= end <= len(buffer) or end - begin != dtype.itemsize * int(np.prod(shape)):
+            raise ModelFileError(
+                f"{where}: tensor {name!r} needs bytes {begin}..{end} of a {len(buffer)}-byte data section "
+                f"for shape {shape} (truncated or corrupt)."
+            )
+        tensors[name] = np.frombuffer(buffer[begin:end], dtype=dtype).reshape(shape).copy()
+    return tensors, metadata
+
+
+# ---------------------------------------------------------------------- models
+def save_model(model, path) -> None:
+    model._require_compiled()
+    tensors = {f"layers.{i}.{p.name}": model.backend.to_numpy(p.value)
+               for i, layer in enumerate(model.layers) for p in layer.params()}
+    metadata = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "dtype": model.dtype,
+        "layers": json.dumps([{"class": type(l).__name__, "config": l.config()} for l in model.layers]),
+        "loss": json.dumps(model.loss.config()),
+        "optimizer": json.dumps(model.optimizer.config()),
+        "metric": json.dumps(model.metric.config() if model.metric else None),
+    }
+    write_safetensors(path, tensors, metadata)
+
+
+def load_model(path, backend=None):
+    from .layers import from_config
+    from .metrics import metric_from_config
+    from .model import Model
+    from .optimizers import optimizer_from_config
+
+    tensors, meta = read_safetensors(path)
+    if meta.get("format") != FORMAT:
+        raise ModelFileError(
+            f"{os.fspath(path)!r} is a safetensors file but not an nnbackends model "
+            f"(its metadata has no format={FORMAT!r}); save models with Model.save()."
+        )
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise ModelFileError(f"{os.fspath(path)!r} has format version {meta.get('format_version')!r}; "
+                             f"this nnbackends reads version {FORMAT_VERSION}.")
+    try:
+        layers = json.loads(meta["layers"])
+        model = Model(backend=backend, dtype=meta["dtype"])
+        for spec in layers:
+            model.add(from_config(spec["class"], spec["config"]))
+        metric = json.loads(meta["metric"])
+        model.compile(loss=json.loads(meta["loss"])["name"],
+                      optimizer=optimizer_from_config(json.loads(meta["optimizer"])),
+                      metrics=[metric_from_config(metric)] if metric else [])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ModelFileError(f"{os.fspath(path)!r} has invalid model metadata: {exc}") from None
+    expected = {f"layers.{i}.{p.name}": p for i, layer in enumerate(model.layers) for p in layer.params()}
+    missing = sorted(set(expected) - set(tensors))
+    extra = sorted(set(tensors) - set(expected))
+    if missing or extra:
+        raise ModelFileError(f"{os.fspath(path)!r} does not match its architecture: "
+                             f"missing tensors {missing}, unexpected tensors {extra}.")
+    for name, p in expected.items():
+        if tensors[name].shape != p.value.shape:
+            raise ModelFileError(f"{os.fspath(path)!r}: tensor {name!r} has shape {tensors[name].shape} "
+                                 f"but the architecture needs {p.value.shape}.")
+        p.value[...] = model.backend.asarray(tensors[name], model.dtype)
+    return model

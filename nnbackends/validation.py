@@ -1,0 +1,143 @@
+"""Argument and data checks shared by every public entry point.
+
+Each check raises ``ValueError`` (a bad value) or ``TypeError`` (a bad type)
+with a message naming the argument, what was received and what is expected.
+Data checks run on the host before anything moves to a device.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+
+import numpy as np
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def check_positive_int(name, value) -> int:
+    if not _is_int(value):
+        raise TypeError(f"{name} must be a positive integer, got {value!r} ({type(value).__name__}).")
+    if value <= 0:
+        raise ValueError(f"{name} must be a positive integer, got {value}.")
+    return int(value)
+
+
+def check_float(name, value, *, low=None, high=None, low_open=False, high_open=False, what="a finite number") -> float:
+    """A finite real number within the given bounds."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be {what}, got {value!r} ({type(value).__name__}).")
+    value = float(value)
+    bad = not math.isfinite(value)
+    bad |= low is not None and (value <= low if low_open else value < low)
+    bad |= high is not None and (value >= high if high_open else value > high)
+    if bad:
+        raise ValueError(f"{name} must be {what}, got {value!r}.")
+    return value
+
+
+def check_nonnegative_float(name, value) -> float:
+    return check_float(name, value, low=0.0, what="a finite number >= 0")
+
+
+def check_learning_rate(name, value) -> float:
+    return check_float(name, value, low=0.0, low_open=True, what="a finite number > 0")
+
+
+def check_rate(name, value) -> float:
+    """A probability in [0, 1) (dropout rate)."""
+    return check_float(name, value, low=0.0, high=1.0, high_open=True, what="a number in [0, 1)")
+
+
+def check_fraction(name, value) -> float:
+    """A fraction in [0, 1) (decay rates of optimizers)."""
+    return check_float(name, value, low=0.0, high=1.0, high_open=True, what="a number in [0, 1)")
+
+
+def check_choice(name, value, choices):
+    """``value`` (case-insensitive for strings) must be one of ``choices``."""
+    key = value.lower() if isinstance(value, str) else value
+    lowered = {c.lower() if isinstance(c, str) else c: c for c in choices}
+    if not isinstance(key, str) or key not in lowered:
+        valid = ", ".join(map(str, choices))
+        raise ValueError(f"Unknown {name} {value!r}; valid choices are: {valid}.")
+    return lowered[key]
+
+
+def check_features(name, X, n_features=None) -> np.ndarray:
+    """A non-empty, finite, numeric 2-D host array (a 1-D one is rejected with a hint)."""
+    arr = _numeric_array(name, X)
+    if arr.ndim != 2:
+        hint = f" (reshape a single feature with {name}.reshape(-1, 1))" if arr.ndim == 1 else ""
+        raise ValueError(f"{name} must be 2-D (n_samples, n_features), got shape {arr.shape}{hint}.")
+    if arr.shape[0] == 0:
+        raise ValueError(f"{name} is empty (shape {arr.shape}); at least one sample is needed.")
+    if n_features is not None and arr.shape[1] != n_features:
+        raise ValueError(
+            f"{name} has {arr.shape[1]} features per sample but the first layer expects {n_features}."
+        )
+    _check_finite(name, arr)
+    return arr
+
+
+def check_targets(name, y, n_samples, x_name="X") -> np.ndarray:
+    """A finite numeric host array with one row per sample of ``x_name``."""
+    arr = _numeric_array(name, y)
+    if arr.ndim == 0 or arr.ndim > 2:
+        raise ValueError(f"{name} must be 1-D labels or 2-D targets, got shape {arr.shape}.")
+    if arr.shape[0] != n_samples:
+        raise ValueError(
+            f"{x_name} and {name} have different lengths: {n_samples} samples in {x_name}, {arr.shape[0]} in {name}."
+        )
+    _check_finite(name, arr)
+    return arr
+
+
+def check_class_labels(name, y, n_classes) -> np.ndarray:
+    """Integer labels in [0, n_classes) (1-D) or one-hot rows of width n_classes (2-D)."""
+    if y.ndim == 1:
+        if not np.all(np.mod(y, 1) == 0):
+            bad = y[np.mod(y, 1) != 0][0]
+            raise ValueError(f"{name} must hold integer class labels, got the value {bad!r}.")
+        low, high = y.min(), y.max()
+        if low < 0 or high >= n_classes:
+            raise ValueError(
+                f"{name} holds labels from {low:g} to {high:g} but the output layer has {n_classes} "
+                f"classes (labels must be in 0..{n_classes - 1})."
+            )
+        return y.astype(np.int64)
+    if y.shape[1] != n_classes:
+        raise ValueError(
+            f"{name} has one-hot rows of width {y.shape[1]} but the output layer has {n_classes} classes."
+        )
+    if not (np.all((y == 0) | (y == 1)) and np.all(y.sum(axis=1) == 1)):
+        row = int(np.flatnonzero(~(((y == 0) | (y == 1)).all(axis=1) & (y.sum(axis=1) == 1)))[0])
+        raise ValueError(f"{name} row {row} is not one-hot: {y[row].tolist()!r}.")
+    return y
+
+
+def check_output_targets(name, y, n_outputs) -> np.ndarray:
+    """Targets for a loss with one column per output: (n,) is taken as (n, 1)."""
+    if y.ndim == 1:
+        y = y.reshape(-1, 1)
+    if y.shape[1] != n_outputs:
+        raise ValueError(f"{name} has {y.shape[1]} columns per sample but the model has {n_outputs} outputs.")
+    return y
+
+
+def _numeric_array(name, value) -> np.ndarray:
+    try:
+        arr = np.asarray(value)
+    except Exception as exc:  # ragged lists and the like
+        raise TypeError(f"{name} must be a numeric array: {exc}") from None
+    if arr.dtype == bool or not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
+        raise TypeError(f"{name} must be a numeric (integer or float) array, got dtype {arr.dtype}.")
+    return arr
+
+
+def _check_finite(name, arr):
+    if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
+        bad = np.argwhere(~np.isfinite(arr))[0]
+        where = ", ".join(map(str, bad))
+        raise ValueError(f"{name} contains NaN or Inf (first at index [{where}]); clean or impute the data first.")

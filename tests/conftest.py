@@ -1,0 +1,57 @@
+"""Shared fixtures: one test body runs on every registered backend.
+
+``backend`` is parametrized over ``registered_backends()``; a backend that
+cannot run here is skipped with the reason its creation gives. Tests marked
+``gpu`` are skipped with a reason where no CUDA device answers.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from nnbackends.backends import get_backend, registered_backends, unavailable_reason
+
+#: Relative tolerance of each dtype against the float64 NumPy reference.
+TOLERANCE = {"float32": 2e-5, "float64": 1e-12}
+
+
+def backend_param(name):
+    return pytest.param(name, id=name, marks=[pytest.mark.gpu] if name == "cupy" else [])
+
+
+@pytest.fixture(params=[backend_param(n) for n in registered_backends()])
+def backend(request):
+    reason = unavailable_reason(request.param)
+    if reason:
+        pytest.skip(reason)
+    return get_backend(request.param)
+
+
+@pytest.fixture(params=["float32", "float64"])
+def dtype(request):
+    return request.param
+
+
+@pytest.fixture
+def reference():
+    return get_backend("numpy")
+
+
+def pytest_collection_modifyitems(config, items):
+    if any(item.get_closest_marker("gpu") for item in items):
+        reason = unavailable_reason("cupy")
+        if reason:
+            skip = pytest.mark.skip(reason=f"needs a CUDA GPU: {reason}")
+            for item in items:
+                if item.get_closest_marker("gpu"):
+                    item.add_marker(skip)
+
+
+def assert_close(got, want, dtype, what=""):
+    """``got`` (any dtype) matches the float64 reference ``want`` within the dtype's tolerance."""
+    got = np.asarray(got, dtype=np.float64)
+    want = np.asarray(want, dtype=np.float64)
+    assert got.shape == want.shape, f"{what}: shape {got.shape} != reference {want.shape}"
+    tol = TOLERANCE[dtype]
+    scale = max(1.0, float(np.abs(want).max(initial=0.0)))
+    np.testing.assert_allclose(got, want, rtol=tol, atol=tol * scale, err_msg=what)
