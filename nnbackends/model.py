@@ -132,10 +132,10 @@ class Model:
         for i in range(last, first_dense - 1, -1):
             dy = layers[i].backward(dy, need_dx=i > first_dense)
 
-    def regularization_loss(self):
-        """Sum of every parameter's regularization loss (0-d backend array), or None."""
+    def regularization_loss(self, params=None):
+        """Sum of the regularization losses of ``params`` (default: all), a 0-d backend array, or None."""
         total = None
-        for p in self.params():
+        for p in self.params() if params is None else params:
             if p.regularized:
                 term = self.backend.regularization_loss(p.value, p.l1, p.l2)
                 total = term if total is None else total + term
@@ -209,6 +209,7 @@ class Model:
         history = History()
         progress = make_progress(verbose, epochs, steps_per_epoch)
         opt = self.optimizer
+        regularized = [p for p in self.params() if p.regularized]
         with _deferred_interrupt() as interrupted:
             for epoch in range(1, epochs + 1):
                 xe, ye = x, y_dev
@@ -220,7 +221,7 @@ class Model:
                 for s in range(steps_per_epoch):
                     xb, yb = xe[s * batch_size:(s + 1) * batch_size], ye[s * batch_size:(s + 1) * batch_size]
                     opt.pre_update()
-                    reg = self.regularization_loss()  # of the weights this step starts from
+                    reg = self.regularization_loss(regularized) if regularized else None  # weights before the step
                     data_loss, acc, finite = step(xb, yb)
                     if not finite:
                         raise self._diverged(epoch, s + 1, history, data_loss)
