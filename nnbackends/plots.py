@@ -1,0 +1,132 @@
+"""Pictures of models and training runs (matplotlib, the optional ``[plot]`` extra).
+
+Each function returns a ``matplotlib.figure.Figure`` and, given ``path``,
+also writes it as a PNG. Figures are made without ``pyplot``, so no global
+state changes and no display is needed.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from .validation import check_features
+
+DPI = 100
+PANEL = (5.0, 4.2)  # inches per panel: 500 x 420 pixels at DPI
+
+
+def _figure(panels):
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise ImportError('Plotting needs matplotlib, which is not installed: pip install "nnbackends[plot]"') from None
+    fig = Figure(figsize=(PANEL[0] * panels, PANEL[1]), dpi=DPI, layout="constrained")
+    return fig, fig.subplots(1, panels, squeeze=False)[0]
+
+
+def _finish(fig, path):
+    if path is not None:
+        fig.savefig(os.fspath(path), dpi=DPI, format="png")
+    return fig
+
+
+def _class_colors(n):
+    from matplotlib import colormaps
+
+    cmap = colormaps["tab10" if n <= 10 else "tab20"]
+    return [cmap(i % cmap.N) for i in range(n)]
+
+
+def is_classifier(model) -> bool:
+    """Whether ``model`` is compiled with a classification loss (its outputs are class scores)."""
+    return getattr(getattr(model, "loss", None), "name", None) in ("categorical_crossentropy", "binary_crossentropy")
+
+
+def _predicted_classes(model, X):
+    out = model.predict(X)
+    return out.argmax(axis=1) if out.shape[1] > 1 else (out[:, 0] > 0.5).astype(np.int64)
+
+
+def draw_decision_boundary(ax, model, X, y, resolution=300, title=None):
+    """Draw the data coloured by class over the model's predicted class regions on ``ax``."""
+    X = check_features("X", X, 2)
+    y = np.asarray(y)
+    if y.ndim == 2:  # one-hot
+        y = y.argmax(axis=1)
+    y = y.astype(np.int64)
+    lo, hi = X.min(axis=0), X.max(axis=0)
+    pad = 0.08 * np.maximum(hi - lo, 1e-6)
+    xs = np.linspace(lo[0] - pad[0], hi[0] + pad[0], resolution)
+    ys = np.linspace(lo[1] - pad[1], hi[1] + pad[1], resolution)
+    gx, gy = np.meshgrid(xs, ys)
+    grid = np.c_[gx.ravel(), gy.ravel()]
+    regions = _predicted_classes(model, grid).reshape(gx.shape)
+    n_classes = int(max(regions.max(), y.max())) + 1
+    colors = _class_colors(n_classes)
+    ax.contourf(gx, gy, regions, levels=np.arange(n_classes + 1) - 0.5, colors=colors, alpha=0.25)
+    for c in range(n_classes):
+        pts = X[y == c]
+        ax.scatter(pts[:, 0], pts[:, 1], s=14, color=colors[c], edgecolors="black", linewidths=0.3,
+                   label=f"class {c}")
+    accuracy = float(np.mean(_predicted_classes(model, X) == y))
+    ax.set_title(title or f"Decision regions (accuracy {accuracy:.1%})")
+    ax.set_xlabel("feature 0")
+    ax.set_ylabel("feature 1")
+    ax.legend(loc="upper right", fontsize="small", framealpha=0.8)
+    return ax
+
+
+def draw_history(ax_loss, ax_accuracy, history):
+    """Draw loss (log scale) and accuracy against epochs, validation dashed where present."""
+    from matplotlib.ticker import MaxNLocator
+
+    logs = getattr(history, "history", history)
+    if "loss" not in logs:
+        raise ValueError(f"history has no 'loss' entry (it has {sorted(logs)}); pass Model.fit's History.")
+    for ax, key, label in ((ax_loss, "loss", "loss"), (ax_accuracy, "accuracy", "accuracy")):
+        if ax is None:
+            continue
+        for prefix, style, who in (("", "-", "training"), ("val_", "--", "validation")):
+            values = logs.get(prefix + key)
+            if values:
+                ax.plot(np.arange(1, len(values) + 1), values, style, label=who, linewidth=1.4)
+        ax.set_title(f"{label.capitalize()} per epoch")
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylabel(label)
+        ax.grid(True, alpha=0.3)
+        if ax.lines:
+            ax.legend(fontsize="small")
+    losses = [v for k in ("loss", "val_loss") for v in logs.get(k, ())]
+    if ax_loss is not None and min(losses) > 0:
+        ax_loss.set_yscale("log")
+    if ax_accuracy is not None:
+        ax_accuracy.set_ylim(0, 1.02)
+
+
+def decision_boundary(model, X, y, path=None, title=None):
+    """A figure of 2-D data coloured by class over the model's decision regions."""
+    fig, (ax,) = _figure(1)
+    draw_decision_boundary(ax, model, X, y, title=title)
+    return _finish(fig, path)
+
+
+def history(history, path=None, title=None):
+    """A figure of loss and accuracy curves against epochs (validation where present)."""
+    return training_report(None, None, None, history, path, title)
+
+
+def training_report(model, X, y, history, path=None, title=None):
+    """Loss and accuracy curves, with the decision regions beside them when ``model`` is given
+    and the data are 2-D with classes."""
+    logs = getattr(history, "history", history)
+    has_accuracy = "accuracy" in logs
+    regions = is_classifier(model) and np.ndim(X) == 2 and np.shape(X)[1] == 2
+    fig, axes = _figure(1 + has_accuracy + regions)
+    if regions:
+        draw_decision_boundary(axes[0], model, X, y)
+    draw_history(axes[int(regions)], axes[-1] if has_accuracy else None, logs)
+    if title:
+        fig.suptitle(title, fontweight="bold")
+    return _finish(fig, path)
