@@ -14,7 +14,7 @@ import numpy as np
 from . import data_files, datasets
 from .backends import ENV_VAR, resolve_backend
 from .errors import BackendUnavailableError, ModelFileError, TrainingDivergedError
-from .layers import ACTIVATIONS, Dense, Linear, Softmax, activation
+from .layers import ACTIVATIONS, Dense, Dropout, Linear, Softmax, activation
 from .model import Model, load_model
 from .optimizers import OPTIMIZERS
 
@@ -137,13 +137,18 @@ def infer_task(source, y, requested="auto") -> str:
 
 
 # ---------------------------------------------------------------------- models
-def build_model(n_inputs, n_outputs, hidden, act, task, backend=None, seed=None, dtype="float32"):
-    """A Dense stack ``n_inputs -> hidden... -> n_outputs`` with ``act`` between layers."""
+def build_model(n_inputs, n_outputs, hidden, act, task, backend=None, seed=None, dtype="float32",
+                l1=0.0, l2=0.0, dropout=0.0):
+    """A Dense stack ``n_inputs -> hidden... -> n_outputs`` with ``act`` (and dropout) between layers;
+    ``l1``/``l2`` regularize the weights and biases of the hidden layers."""
     model = Model(backend=backend, seed=seed, dtype=dtype)
     width = n_inputs
     for size in hidden:
-        model.add(Dense(width, size))
+        model.add(Dense(width, size, weight_regularizer_l1=l1, weight_regularizer_l2=l2,
+                        bias_regularizer_l1=l1, bias_regularizer_l2=l2))
         model.add(activation(act))
+        if dropout:
+            model.add(Dropout(dropout))
         width = size
     model.add(Dense(width, n_outputs))
     model.add(Softmax() if task == "classification" else Linear())
@@ -196,7 +201,8 @@ def cmd_train(args) -> int:
         y = y.reshape(len(y), -1)
         n_outputs = y.shape[1]
     model = build_model(X.shape[1], n_outputs, parse_hidden(args.hidden), args.activation, task,
-                        backend=args.backend, seed=args.seed, dtype=args.dtype)
+                        backend=args.backend, seed=args.seed, dtype=args.dtype,
+                        l1=args.l1, l2=args.l2, dropout=args.dropout)
     model.compile(loss="categorical_crossentropy" if task == "classification" else "mse",
                   optimizer=make_optimizer(args))
     validation = None
@@ -299,6 +305,12 @@ def add_train_parser(sub):
     net.add_argument("--task", default="auto", choices=("auto", "classification", "regression"),
                      help="classification (softmax + cross-entropy) or regression (linear + MSE); auto: "
                           "classification when every label is a non-negative integer (default: auto)")
+    net.add_argument("--l1", type=nonnegative_float, default=0.0,
+                     help="L1 regularization of the hidden layers' weights and biases (default: 0)")
+    net.add_argument("--l2", type=nonnegative_float, default=0.0,
+                     help="L2 regularization of the hidden layers' weights and biases (default: 0)")
+    net.add_argument("--dropout", type=fraction, default=0.0,
+                     help="dropout rate after each hidden activation, training only (default: 0)")
     opt = p.add_argument_group("optimizer")
     opt.add_argument("--optimizer", default=None, choices=tuple(OPTIMIZERS), help="optimizer (default: adam)")
     opt.add_argument("--learning-rate", type=nonnegative_float, default=None,

@@ -90,7 +90,7 @@ def draw_history(ax_loss, ax_accuracy, history):
         for prefix, style, who in (("", "-", "training"), ("val_", "--", "validation")):
             values = logs.get(prefix + key)
             if values:
-                ax.plot(np.arange(1, len(values) + 1), values, style, label=who, linewidth=1.4)
+                ax.plot(np.arange(1, len(values) + 1), values, style, label=who, linewidth=1.0)
         ax.set_title(f"{label.capitalize()} per epoch")
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -99,7 +99,7 @@ def draw_history(ax_loss, ax_accuracy, history):
         if ax.lines:
             ax.legend(fontsize="small")
     losses = [v for k in ("loss", "val_loss") for v in logs.get(k, ())]
-    if ax_loss is not None and min(losses) > 0:
+    if ax_loss is not None and min(losses) > 0 and max(losses) >= 10 * min(losses):  # spans a decade
         ax_loss.set_yscale("log")
     if ax_accuracy is not None:
         ax_accuracy.set_ylim(0, 1.02)
