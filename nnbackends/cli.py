@@ -271,7 +271,7 @@ def cmd_info(args) -> int:
     from .info import collect, render
 
     report = collect()
-    print(json.dumps(report, indent=2, default=str) if args.json else render(report))
+    print(json.dumps(report, default=str) if args.json else render(report))
     return 0
 
 
@@ -375,7 +375,7 @@ def add_predict_parser(sub):
 def add_info_parser(sub):
     p = sub.add_parser("info", help="versions, backends, native kernels, BLAS, threads and GPU",
                        description="What this installation can run, and with what.")
-    p.add_argument("--json", action="store_true", help="print the report as JSON (default: off)")
+    p.add_argument("--json", action="store_true", help="print the report as one JSON object (default: off)")
     p.set_defaults(run=cmd_info)
 
 
@@ -393,10 +393,14 @@ def main(argv=None) -> int:
     args = make_parser().parse_args(argv)
     try:
         return args.run(args)
-    except (ValueError, TypeError, OSError, BackendUnavailableError, ModelFileError, ImportError) as exc:
-        code = 2
     except TrainingDivergedError as exc:
-        code = 1
+        return _fail(args, exc, 1)
+    except (ValueError, TypeError, OSError, BackendUnavailableError, ModelFileError, ImportError) as exc:
+        return _fail(args, exc, 2)
+
+
+def _fail(args, exc, code) -> int:
+    """One line on stderr (the message's own line breaks folded), then the exit code."""
     message = " ".join(str(exc).split()) or type(exc).__name__
     print(f"nnbackends {args.command}: error: {message}", file=sys.stderr)
     return code
