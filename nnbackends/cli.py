@@ -221,7 +221,7 @@ def cmd_train(args) -> int:
     steps = history.epochs * -(-len(X) // (args.batch_size or len(X)))
     if args.save:
         model.save(args.save)
-    if args.plot:
+    if args.plot and history.epochs:
         from .plots import training_report
 
         training_report(model, X, y, history, args.plot,
@@ -255,6 +255,10 @@ def cmd_predict(args) -> int:
     header, values = data_files.read_csv(args.input)
     if args.label_column is not None:
         values = np.delete(values, data_files.column_index(header, values.shape[1], args.label_column), axis=1)
+    if values.shape[1] != model.n_inputs:
+        hint = " (drop a label column with --label-column)" if values.shape[1] == model.n_inputs + 1 else ""
+        raise UsageError(f"{args.input!r} has {values.shape[1]} columns but the model takes {model.n_inputs} "
+                         f"features{hint}.")
     out = model.predict(values.astype(np.float32), batch_size=args.batch_size)
     if model.loss.name == "categorical_crossentropy":
         names = ["class"] + [f"p{k}" for k in range(out.shape[1])]
@@ -380,7 +384,9 @@ def add_info_parser(sub):
 
 
 def make_parser() -> argparse.ArgumentParser:
-    parser = Parser(prog="nnbackends", description=__doc__.splitlines()[0])
+    parser = Parser(prog="nnbackends",
+                    description="Train, evaluate and use small neural networks on the NumPy, Numba or CuPy backend.",
+                    epilog="Each command explains its options and their defaults: nnbackends COMMAND --help")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_train_parser(sub)
     add_eval_parser(sub)
