@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 
@@ -209,7 +210,8 @@ def cmd_train(args) -> int:
     if args.validation_split:
         X, X_val, y, y_val = datasets.train_test_split(X, y, test_size=args.validation_split, seed=args.seed)
         validation = (X_val, y_val)
-    how = " (auto)" if (args.backend or "auto") == "auto" else ""
+    how = (f" (from {ENV_VAR})" if not args.backend and os.environ.get(ENV_VAR)
+           else " (auto)" if (args.backend or "auto").strip().lower() == "auto" else "")
     name = args.data or source
     echo(args, f"training on {name}: {len(X)} samples, {X.shape[1]} features, {task}; "
                f"backend {model.backend.name}{how}, {args.dtype}")

@@ -31,6 +31,15 @@ def _finish(fig, path):
     return fig
 
 
+def _log_axis(ax, fmt):
+    """A logarithmic y axis labelled with plain numbers (0.1, 1, 10) rather than powers of ten."""
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: fmt.format(v)))
+    ax.yaxis.set_minor_formatter(NullFormatter())
+
+
 def _class_colors(n):
     from matplotlib import colormaps
 
@@ -100,7 +109,7 @@ def draw_history(ax_loss, ax_accuracy, history):
             ax.legend(fontsize="small")
     losses = [v for k in ("loss", "val_loss") for v in logs.get(k, ())]
     if ax_loss is not None and min(losses) > 0 and max(losses) >= 10 * min(losses):  # spans a decade
-        ax_loss.set_yscale("log")
+        _log_axis(ax_loss, "{:g}")
     if ax_accuracy is not None:
         ax_accuracy.set_ylim(0, 1.02)
 
@@ -129,4 +138,33 @@ def training_report(model, X, y, history, path=None, title=None):
     draw_history(axes[int(regions)], axes[-1] if has_accuracy else None, logs)
     if title:
         fig.suptitle(title, fontweight="bold")
+    return _finish(fig, path)
+
+
+def speedup(ratios, path=None, baseline="numpy", title=None):
+    """Grouped bars of speed-up over ``baseline`` by backend and problem size.
+
+    ``ratios`` maps backend -> {size label: baseline time / backend time}; a
+    missing size (a backend that did not run it) leaves a gap. Above 1 is faster.
+    """
+    if not ratios or not any(ratios.values()):
+        raise ValueError("speedup() needs at least one backend with one measured size.")
+    sizes = list(dict.fromkeys(size for by_size in ratios.values() for size in by_size))
+    fig, (ax,) = _figure(1)
+    fig.set_size_inches(max(PANEL[0], 1.2 * len(sizes) + 2), PANEL[1])
+    width = 0.8 / len(ratios)
+    colors = _class_colors(len(ratios))
+    for i, (backend, by_size) in enumerate(ratios.items()):
+        xs = [j + (i - (len(ratios) - 1) / 2) * width for j, size in enumerate(sizes) if size in by_size]
+        ax.bar(xs, [by_size[size] for size in sizes if size in by_size], width, label=backend, color=colors[i])
+    ax.axhline(1.0, color="black", linewidth=0.8, linestyle="--", label=f"{baseline} (1x)")
+    values = [v for by_size in ratios.values() for v in by_size.values()]
+    if max(values) >= 10 * min(values):
+        _log_axis(ax, "{:g}x")
+    ax.set_xticks(range(len(sizes)), [str(s) for s in sizes])
+    ax.set_title(title or f"Speed-up over {baseline} by backend and size")
+    ax.set_xlabel("problem size")
+    ax.set_ylabel(f"speed-up over {baseline} (x, higher is faster)")
+    ax.grid(True, axis="y", alpha=0.3)
+    ax.legend(fontsize="small")
     return _finish(fig, path)

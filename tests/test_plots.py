@@ -82,3 +82,16 @@ def test_missing_matplotlib_says_how_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib.figure", None)  # makes the import fail
     with pytest.raises(ImportError, match=r"nnbackends\[plot\]"):
         plots.history({"loss": [1.0]})
+
+
+def test_speedup_bars(tmp_path):
+    ratios = {"numpy": {"64": 1.0, "512": 1.0}, "numba": {"64": 3.0, "512": 1.5}, "cupy": {"512": 40.0}}
+    fig = plots.speedup(ratios, path=tmp_path / "speedup.png")
+    assert png_size(tmp_path / "speedup.png")[1] == PANEL_PIXELS[1]
+    (ax,) = fig.axes
+    assert_labelled(ax)
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["64", "512"]
+    assert sorted(round(p.get_height(), 6) for p in ax.patches) == [1.0, 1.0, 1.5, 3.0, 40.0]
+    assert ax.get_yscale() == "log"  # 1 to 40 spans more than a decade
+    with pytest.raises(ValueError, match="at least one backend"):
+        plots.speedup({})
