@@ -48,6 +48,8 @@ def atomic_write(path, chunks) -> None:
     """Write ``chunks`` to a temporary file beside ``path``, flush it to disk, then rename it over ``path``."""
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"Cannot save to {path!r}: the folder {folder!r} does not exist.")
     fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
@@ -136,6 +138,9 @@ def load_model(path, backend=None):
     if meta.get("format_version") != FORMAT_VERSION:
         raise ModelFileError(f"{os.fspath(path)!r} has format version {meta.get('format_version')!r}; "
                              f"this nnbackends reads version {FORMAT_VERSION}.")
+    missing = [key for key in ("dtype", "layers", "loss", "optimizer", "metric") if key not in meta]
+    if missing:
+        raise ModelFileError(f"{os.fspath(path)!r} lacks the model metadata {missing}; save models with Model.save().")
     try:
         layers = json.loads(meta["layers"])
         model = Model(backend=backend, dtype=meta["dtype"])
@@ -146,7 +151,8 @@ def load_model(path, backend=None):
                       optimizer=optimizer_from_config(json.loads(meta["optimizer"])),
                       metrics=[metric_from_config(metric)] if metric else [])
     except (KeyError, TypeError, ValueError) as exc:
-        raise ModelFileError(f"{os.fspath(path)!r} has invalid model metadata: {exc}") from None
+        detail = f"missing key {exc}" if isinstance(exc, KeyError) else str(exc)
+        raise ModelFileError(f"{os.fspath(path)!r} has invalid model metadata: {detail}") from None
     expected = {f"layers.{i}.{p.name}": p for i, layer in enumerate(model.layers) for p in layer.params()}
     missing = sorted(set(expected) - set(tensors))
     extra = sorted(set(tensors) - set(expected))

@@ -15,14 +15,14 @@ import threading
 import numpy as np
 
 from . import io
-from .backends import get_backend
+from .backends import Backend, get_backend, registered_backends
 from .errors import TrainingDivergedError
 from .layers import Dense, Layer, Softmax
 from .losses import CategoricalCrossentropy, get_loss
 from .metrics import get_metric
 from .optimizers import get_optimizer
 from .progress import make_progress
-from .validation import check_choice, check_features, check_positive_int, check_targets
+from .validation import check_choice, check_features, check_positive_int, check_seed, check_targets
 
 DTYPES = ("float32", "float64")
 
@@ -57,10 +57,10 @@ class Model:
     """
 
     def __init__(self, backend=None, seed=None, dtype="float32"):
-        self.backend = get_backend(backend)
+        self.backend = get_backend(_check_backend_name(backend))
         self.dtype = check_choice("dtype", str(np.dtype(dtype)) if _is_dtype(dtype) else dtype, DTYPES)
-        self.seed = seed
-        self.rng = np.random.default_rng(seed)
+        self.seed = check_seed("seed", seed)
+        self.rng = np.random.default_rng(self.seed)
         self.layers: list[Layer] = []
         self.loss = self.optimizer = self.metric = None
         self._n_features = None  # output width of the stack so far
@@ -72,10 +72,11 @@ class Model:
         if not isinstance(layer, Layer):
             raise TypeError(f"add() takes a Layer, got {layer!r} ({type(layer).__name__}).")
         if isinstance(layer, Dense) and self._n_features is not None and layer.n_inputs != self._n_features:
-            prev = next(l for l in reversed(self.layers) if isinstance(l, Dense))
+            i, prev = next((i, l) for i, l in reversed(list(enumerate(self.layers))) if isinstance(l, Dense))
             raise ValueError(
-                f"Layer sizes do not chain: layer {len(self.layers)} {layer!r} takes {layer.n_inputs} inputs "
-                f"but the previous Dense layer {prev!r} gives {self._n_features} outputs."
+                f"Layer sizes do not chain: layer {len(self.layers)} Dense({layer.n_inputs}, {layer.n_neurons}) "
+                f"takes n_inputs={layer.n_inputs}, but layer {i} Dense({prev.n_inputs}, {prev.n_neurons}) "
+                f"gives {self._n_features} outputs; expected n_inputs={self._n_features}."
             )
         self._n_features = layer.build(self.backend, self.dtype, self.rng, self._n_features)
         self.layers.append(layer)
@@ -84,7 +85,10 @@ class Model:
 
     @property
     def n_inputs(self) -> int:
-        return next(l.n_inputs for l in self.layers if isinstance(l, Dense))
+        dense = next((l for l in self.layers if isinstance(l, Dense)), None)
+        if dense is None:
+            raise ValueError("The model has no Dense layer; add layers before compile, fit or predict.")
+        return dense.n_inputs
 
     @property
     def n_outputs(self) -> int:
@@ -95,8 +99,7 @@ class Model:
 
     def compile(self, loss="categorical_crossentropy", optimizer="adam", metrics=("accuracy",)):
         """Choose the loss, optimizer (objects or names) and metric; resets optimizer state."""
-        if not any(isinstance(l, Dense) for l in self.layers):
-            raise ValueError("The model has no Dense layer; add layers before compile().")
+        self.n_inputs  # raises when there is no Dense layer
         if isinstance(metrics, str):
             metrics = [metrics]
         metrics = list(metrics or [])
@@ -338,6 +341,15 @@ class Model:
 def load_model(path, backend=None):
     """Rebuild a model saved with ``Model.save`` on any backend; never executes file contents."""
     return io.load_model(path, backend)
+
+
+def _check_backend_name(backend):
+    """A Backend passes; a name must be "auto" or a registered backend (the registry says whether it runs here)."""
+    if backend is None or isinstance(backend, Backend):
+        return backend
+    if not isinstance(backend, str):
+        raise TypeError(f"backend must be a backend name or a Backend, got {backend!r} ({type(backend).__name__}).")
+    return check_choice("backend", backend.strip(), ("auto", *registered_backends()))
 
 
 def _is_dtype(dtype) -> bool:

@@ -24,6 +24,17 @@ def check_positive_int(name, value) -> int:
     return int(value)
 
 
+def check_seed(name, value):
+    """None or a non-negative integer (a seed for NumPy's generators)."""
+    if value is None:
+        return None
+    if not _is_int(value):
+        raise TypeError(f"{name} must be None or a non-negative integer, got {value!r} ({type(value).__name__}).")
+    if value < 0:
+        raise ValueError(f"{name} must be None or a non-negative integer, got {value}.")
+    return int(value)
+
+
 def check_float(name, value, *, low=None, high=None, low_open=False, high_open=False, what="a finite number") -> float:
     """A finite real number within the given bounds."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
@@ -130,9 +141,11 @@ def _numeric_array(name, value) -> np.ndarray:
     try:
         arr = np.asarray(value)
     except Exception as exc:  # ragged lists and the like
-        raise TypeError(f"{name} must be a numeric array: {exc}") from None
+        raise TypeError(f"{name} must be a rectangular numeric array, got a {type(value).__name__} "
+                        f"that NumPy cannot convert ({exc}).") from None
     if arr.dtype == bool or not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
-        raise TypeError(f"{name} must be a numeric (integer or float) array, got dtype {arr.dtype}.")
+        what = f"dtype {arr.dtype}" if isinstance(value, np.ndarray) else f"{type(value).__name__} of dtype {arr.dtype}"
+        raise TypeError(f"{name} must be a numeric (integer or float) array, got {what}.")
     return arr
 
 
