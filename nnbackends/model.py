@@ -175,7 +175,7 @@ class Model:
     def _prepare(self, X, y, x_name="X", y_name="y"):
         """Validate host data and move it to the backend once."""
         self._require_compiled()
-        X = check_features(x_name, X, self.n_inputs)
+        X = check_features(x_name, X, self.n_inputs, self.dtype)
         y = check_targets(y_name, y, X.shape[0], x_name)
         y = self.loss.prepare_targets(y, self.n_outputs, self.dtype, y_name)
         return self.backend.asarray(X, self.dtype), self.backend.asarray(y), y
@@ -289,7 +289,7 @@ class Model:
 
     def predict(self, X, batch_size=None) -> np.ndarray:
         """Outputs of the network for X (inference mode), as a host NumPy array."""
-        X = check_features("X", X, self.n_inputs)
+        X = check_features("X", X, self.n_inputs, self.dtype)
         n = X.shape[0]
         batch_size = n if batch_size is None else check_positive_int("batch_size", batch_size)
         parts = []

@@ -76,8 +76,11 @@ def check_choice(name, value, choices):
     return lowered[key]
 
 
-def check_features(name, X, n_features=None) -> np.ndarray:
-    """A non-empty, finite, numeric 2-D host array (a 1-D one is rejected with a hint)."""
+def check_features(name, X, n_features=None, dtype=None) -> np.ndarray:
+    """A non-empty, finite, numeric 2-D host array (a 1-D one is rejected with a hint).
+
+    With ``dtype``, the values must also stay finite once cast to it.
+    """
     arr = _numeric_array(name, X)
     if arr.ndim != 2:
         hint = f" (reshape a single feature with {name}.reshape(-1, 1))" if arr.ndim == 1 else ""
@@ -89,6 +92,8 @@ def check_features(name, X, n_features=None) -> np.ndarray:
             f"{name} has {arr.shape[1]} features per sample but the first layer expects {n_features}."
         )
     _check_finite(name, arr)
+    if dtype is not None:
+        _check_fits(name, arr, dtype)
     return arr
 
 
@@ -154,3 +159,13 @@ def _check_finite(name, arr):
         bad = np.argwhere(~np.isfinite(arr))[0]
         where = ", ".join(map(str, bad))
         raise ValueError(f"{name} contains NaN or Inf (first at index [{where}]); clean or impute the data first.")
+
+
+def _check_fits(name, arr, dtype):
+    limit = np.finfo(dtype).max
+    largest = float(np.abs(arr).max())
+    if largest > limit:
+        raise ValueError(
+            f"{name} holds values up to {largest:g}, beyond the largest {np.dtype(dtype).name} ({limit:g}); "
+            f"scale the data or use dtype='float64'."
+        )

@@ -48,6 +48,8 @@ CASES = {
     "X ragged": (lambda: fit([[1.0, 2.0], [3.0]], Y[:2]), TypeError, ["X must be a rectangular numeric array", "list"]),
     "X NaN": (lambda: fit(with_value(X, (3, 1), np.nan)), ValueError, ["X contains NaN or Inf", "[3, 1]"]),
     "X Inf": (lambda: fit(with_value(X, (5, 0), -np.inf)), ValueError, ["X contains NaN or Inf", "[5, 0]"]),
+    "X overflows float32": (lambda: fit(with_value(X, (0, 0), 1e300)), ValueError,
+                            ["X holds values up to 1e+300", "largest float32", "dtype='float64'"]),
     "X features": (lambda: fit(np.hstack([X, X])), ValueError, ["X has 4 features", "expects 2"]),
     "X empty": (lambda: fit(np.zeros((0, 2)), np.zeros(0)), ValueError, ["X is empty", "(0, 2)", "at least one"]),
     # ---- fit: targets
@@ -85,6 +87,8 @@ CASES = {
     "predict 1-D": (lambda: model().predict(X[:, 0]), ValueError, ["X must be 2-D", "(30,)"]),
     "predict features": (lambda: model().predict(np.zeros((3, 5))), ValueError, ["X has 5 features", "expects 2"]),
     "predict empty": (lambda: model().predict(np.zeros((0, 2))), ValueError, ["X is empty", "(0, 2)"]),
+    "predict overflows float32": (lambda: model().predict(np.full((3, 2), -1e39)), ValueError,
+                                  ["X holds values up to 1e+39", "float32"]),
     "predict Inf": (lambda: model().predict(np.full((3, 2), np.inf)), ValueError, ["X contains NaN or Inf"]),
     "predict batch_size": (lambda: model().predict(X, batch_size=0), ValueError, ["batch_size must be a positive integer"]),
     "predict no layers": (lambda: nb.Model(backend="numpy").predict(X), ValueError, ["no Dense layer"]),
