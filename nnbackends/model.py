@@ -237,15 +237,16 @@ class Model:
                         reg_sum = reg_sum + reg * weight
                     if interrupted():
                         break
+                if s + 1 == steps_per_epoch:  # the epoch is complete (Ctrl-C may cut one short)
+                    logs = self._epoch_logs(loss_sum, reg_sum, acc_sum)
+                    if val is not None:
+                        logs.update({"val_" + k: v for k, v in self._evaluate_device(*val).items()})
+                    history.append(logs)
+                    progress.epoch_end(epoch, logs)
                 if interrupted():
                     history.interrupted = True
                     progress.interrupted(epoch)
                     break
-                logs = self._epoch_logs(loss_sum, reg_sum, acc_sum)
-                if val is not None:
-                    logs.update({"val_" + k: v for k, v in self._evaluate_device(*val).items()})
-                history.append(logs)
-                progress.epoch_end(epoch, logs)
         progress.close()
         return history
 
