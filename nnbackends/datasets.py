@@ -81,10 +81,11 @@ def train_test_split(X, y, test_size=0.25, seed=0, shuffle=True):
     if len(X) != len(y):
         raise ValueError(f"X and y have different lengths: {len(X)} and {len(y)}.")
     test_size = check_fraction("test_size", test_size)
+    seed = check_seed("seed", seed)
     n_test = int(round(len(X) * test_size))
     if not 0 < n_test < len(X):
         raise ValueError(f"test_size={test_size} leaves {n_test} of {len(X)} samples for testing; "
                          "both parts need at least one.")
-    order = np.random.default_rng(check_seed("seed", seed)).permutation(len(X)) if shuffle else np.arange(len(X))
+    order = np.random.default_rng(seed).permutation(len(X)) if shuffle else np.arange(len(X))
     test, train = order[:n_test], order[n_test:]
     return X[train], X[test], y[train], y[test]

@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 
 import numpy as np
 import pytest
@@ -61,6 +62,8 @@ def interrupt_when_ready(args, stream):
     """Start ``args``, wait for READY on ``stream`` ("stdout"/"stderr"), send SIGINT, return (rc, out, err)."""
     proc = subprocess.Popen(args, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     seen = []
+    watchdog = threading.Timer(300, proc.kill)  # a child that never gets ready must not hang the suite
+    watchdog.start()
     try:
         for line in getattr(proc, stream):
             seen.append(line)
@@ -69,6 +72,7 @@ def interrupt_when_ready(args, stream):
                 break
         out, err = proc.communicate(timeout=120)
     finally:
+        watchdog.cancel()
         if proc.poll() is None:
             proc.kill()
             proc.wait()
@@ -99,12 +103,12 @@ CLI_SCRIPT = textwrap.dedent(f"""
     import nnbackends.optimizers as opt
     from nnbackends.cli import main
 
-    post_update = opt.Adam.post_update
+    post_update = opt.Optimizer.post_update
     def announcing(self):
         post_update(self)
         if self.iterations == 20:
             print("{READY}", file=sys.stderr, flush=True)
-    opt.Adam.post_update = announcing
+    opt.Optimizer.post_update = announcing
     raise SystemExit(main(sys.argv[1:]))
 """)
 
@@ -116,8 +120,8 @@ def test_cli_train_saves_when_interrupted(tmp_path):
     rc, out, err = interrupt_when_ready(args, "stderr")
     assert rc == 130, err
     assert "Traceback" not in err
-    assert "interrupted during epoch" in err
-    assert f"saved the model so far to {path}" in out
+    assert "interrupted" in err and "interrupted" in out
+    assert "saved the model" in out and str(path) in out
     model = nb.load_model(path, backend="numpy")
     X, y = nb.datasets.spiral_data(100, 3)
     assert np.isfinite(model.evaluate(X, y)["loss"])

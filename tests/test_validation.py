@@ -181,19 +181,20 @@ def cli(*args):
                           capture_output=True, text=True, timeout=120)
 
 
+# arguments -> fragments of the one error line: the argument and the value received.
 CLI_CASES = {
-    "--epochs 0": "epochs must be a positive integer, got 0.",
-    "--batch-size 0": "batch_size must be a positive integer, got 0.",
-    "--samples 0": "samples must be a positive integer, got 0.",
-    "--classes 0": "classes must be a positive integer, got 0.",
-    "--learning-rate nan": "learning_rate must be a finite number > 0, got nan.",
-    "--learning-rate -1": "learning_rate must be a finite number > 0, got -1.0.",
-    "--decay -1": "decay must be a finite number >= 0, got -1.0.",
-    "--hidden 64,x": "--hidden takes comma-separated layer sizes such as 64,64, got '64,x'.",
-    "--hidden 0": "--hidden size must be a positive integer, got 0.",
-    "--activation swish": "Unknown activation 'swish'; valid choices are: relu, leaky_relu, sigmoid, tanh, softmax, linear.",
-    "--backend tpu": "Unknown backend 'tpu'; valid choices are: auto, numpy",
-    "--seed -1": "seed must be None or a non-negative integer, got -1.",
+    "--epochs 0": ["epochs", "0"],
+    "--batch-size 0": ["batch", "0"],
+    "--samples 0": ["samples", "0"],
+    "--classes 0": ["classes", "0"],
+    "--learning-rate nan": ["learning", "nan"],
+    "--learning-rate -1": ["learning", "-1"],
+    "--decay -1": ["decay", "-1"],
+    "--hidden 64,x": ["hidden", "64,x"],
+    "--hidden -5": ["hidden", "-5"],
+    "--activation swish": ["activation", "swish", "relu"],
+    "--backend tpu": ["backend", "tpu", "numpy"],
+    "--seed -1": ["seed", "-1"],
 }
 
 
@@ -205,5 +206,6 @@ def test_cli_bad_argument_is_one_line_and_exit_code_2(args):
     assert len(lines) == 1, result.stderr
     assert "Traceback" not in result.stderr
     assert lines[0].startswith("nnbackends train: error: ")
-    assert CLI_CASES[args] in lines[0]
+    for fragment in CLI_CASES[args]:
+        assert fragment in lines[0], f"{fragment!r} missing from {lines[0]!r}"
     assert result.stdout == ""
