@@ -47,9 +47,7 @@ def write_safetensors(path, tensors: dict[str, np.ndarray], metadata: dict[str, 
 def atomic_write(path, chunks) -> None:
     """Write ``chunks`` to a temporary file beside ``path``, flush it to disk, then rename it over ``path``."""
     path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise FileNotFoundError(f"Cannot save to {path!r}: the folder {folder!r} does not exist.")
+    folder = check_save_folder(path)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
@@ -68,6 +66,17 @@ def atomic_write(path, chunks) -> None:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
+
+
+def check_save_folder(path) -> str:
+    """The folder ``path`` would be saved in; ``FileNotFoundError`` naming it when it does not exist.
+
+    Callers that work long before saving (``nnbackends train --save``) check up front.
+    """
+    folder = os.path.dirname(os.path.abspath(os.fspath(path)))
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"Cannot save to {os.fspath(path)!r}: the folder {folder!r} does not exist.")
+    return folder
 
 
 def read_safetensors(path) -> tuple[dict[str, np.ndarray], dict[str, str]]:

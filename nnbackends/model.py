@@ -176,7 +176,7 @@ class Model:
         """Validate host data and move it to the backend once."""
         self._require_compiled()
         X = check_features(x_name, X, self.n_inputs, self.dtype)
-        y = check_targets(y_name, y, X.shape[0], x_name)
+        y = check_targets(y_name, y, X.shape[0], x_name, self.dtype)
         y = self.loss.prepare_targets(y, self.n_outputs, self.dtype, y_name)
         return self.backend.asarray(X, self.dtype), self.backend.asarray(y), y
 

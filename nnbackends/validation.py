@@ -97,8 +97,8 @@ def check_features(name, X, n_features=None, dtype=None) -> np.ndarray:
     return arr
 
 
-def check_targets(name, y, n_samples, x_name="X") -> np.ndarray:
-    """A finite numeric host array with one row per sample of ``x_name``."""
+def check_targets(name, y, n_samples, x_name="X", dtype=None) -> np.ndarray:
+    """A finite numeric host array with one row per sample of ``x_name`` (within ``dtype``'s range if given)."""
     arr = _numeric_array(name, y)
     if arr.ndim == 0 or arr.ndim > 2:
         raise ValueError(f"{name} must be 1-D labels or 2-D targets, got shape {arr.shape}.")
@@ -107,6 +107,8 @@ def check_targets(name, y, n_samples, x_name="X") -> np.ndarray:
             f"{x_name} and {name} have different lengths: {n_samples} samples in {x_name}, {arr.shape[0]} in {name}."
         )
     _check_finite(name, arr)
+    if dtype is not None:
+        _check_fits(name, arr, dtype)
     return arr
 
 

@@ -17,7 +17,7 @@ import pytest
 
 import nnbackends as nb
 from nnbackends import ModelFileError
-from nnbackends.io import read_safetensors, write_safetensors
+from nnbackends.io import check_save_folder, read_safetensors, write_safetensors
 from nnbackends.layers import Dense, Dropout, ReLU, Softmax
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -166,8 +166,12 @@ def test_a_failed_save_leaves_the_previous_file_and_no_temporary(saved, monkeypa
 
 
 def test_save_into_a_missing_folder_names_it(tmp_path):
-    with pytest.raises(FileNotFoundError, match="the folder .* does not exist"):
-        trained().save(tmp_path / "missing" / "model.safetensors")
+    path = tmp_path / "missing" / "model.safetensors"
+    with pytest.raises(FileNotFoundError, match="the folder .*missing' does not exist"):
+        check_save_folder(path)
+    with pytest.raises(FileNotFoundError, match="the folder .*missing' does not exist"):
+        trained().save(path)
+    assert check_save_folder(tmp_path / "model.safetensors") == str(tmp_path)
 
 
 # The writer saves version 1, then starts saving version 2 and SIGKILLs itself

@@ -64,6 +64,9 @@ CASES = {
     "y regression columns": (
         lambda: nb.Model(backend="numpy").add(Dense(2, 2)).compile(loss="mse").fit(X, np.zeros((30, 3)), verbose=0),
         ValueError, ["y has 3 columns per sample", "2 outputs"]),
+    "y overflows float32": (
+        lambda: nb.Model(backend="numpy").add(Dense(2, 1)).compile(loss="mse").fit(X, np.full(30, 1e40), verbose=0),
+        ValueError, ["y holds values up to 1e+40", "largest float32"]),
     # ---- fit: arguments
     "epochs 0": (lambda: fit(epochs=0), ValueError, ["epochs must be a positive integer", "got 0"]),
     "epochs -1": (lambda: fit(epochs=-1), ValueError, ["epochs must be a positive integer", "got -1"]),
