@@ -83,12 +83,15 @@ class Model:
         self._compiled_step = None
         return self
 
-    @property
-    def n_inputs(self) -> int:
+    def _first_dense(self) -> Dense:
         dense = next((l for l in self.layers if isinstance(l, Dense)), None)
         if dense is None:
             raise ValueError("The model has no Dense layer; add layers before compile, fit or predict.")
-        return dense.n_inputs
+        return dense
+
+    @property
+    def n_inputs(self) -> int:
+        return self._first_dense().n_inputs
 
     @property
     def n_outputs(self) -> int:
@@ -99,7 +102,7 @@ class Model:
 
     def compile(self, loss="categorical_crossentropy", optimizer="adam", metrics=("accuracy",)):
         """Choose the loss, optimizer (objects or names) and metric; resets optimizer state."""
-        self.n_inputs  # raises when there is no Dense layer
+        self._first_dense()  # a model needs at least one
         if isinstance(metrics, str):
             metrics = [metrics]
         metrics = list(metrics or [])

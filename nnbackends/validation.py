@@ -91,9 +91,7 @@ def check_features(name, X, n_features=None, dtype=None) -> np.ndarray:
         raise ValueError(
             f"{name} has {arr.shape[1]} features per sample but the first layer expects {n_features}."
         )
-    _check_finite(name, arr)
-    if dtype is not None:
-        _check_fits(name, arr, dtype)
+    _check_finite(name, arr, dtype)
     return arr
 
 
@@ -106,9 +104,7 @@ def check_targets(name, y, n_samples, x_name="X", dtype=None) -> np.ndarray:
         raise ValueError(
             f"{x_name} and {name} have different lengths: {n_samples} samples in {x_name}, {arr.shape[0]} in {name}."
         )
-    _check_finite(name, arr)
-    if dtype is not None:
-        _check_fits(name, arr, dtype)
+    _check_finite(name, arr, dtype)
     return arr
 
 
@@ -156,14 +152,14 @@ def _numeric_array(name, value) -> np.ndarray:
     return arr
 
 
-def _check_finite(name, arr):
+def _check_finite(name, arr, dtype=None):
+    """No NaN or Inf in ``arr``, and none once cast to ``dtype`` (when given)."""
     if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
         bad = np.argwhere(~np.isfinite(arr))[0]
         where = ", ".join(map(str, bad))
         raise ValueError(f"{name} contains NaN or Inf (first at index [{where}]); clean or impute the data first.")
-
-
-def _check_fits(name, arr, dtype):
+    if dtype is None or arr.size == 0:
+        return
     limit = np.finfo(dtype).max
     largest = float(np.abs(arr).max())
     if largest > limit:
