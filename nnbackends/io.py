@@ -88,7 +88,10 @@ def read_safetensors(path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     if len(data) < 8:
         raise ModelFileError(f"{where}: it has {len(data)} bytes, fewer than the 8-byte header length.")
     (n,) = struct.unpack("<Q", data[:8])
-    if n > MAX_HEADER or 8 + n > len(data):
+    if n > MAX_HEADER:
+        raise ModelFileError(f"{where}: its first 8 bytes do not hold a plausible header length ({n} bytes); "
+                             "it is some other kind of file.")
+    if 8 + n > len(data):
         raise ModelFileError(f"{where}: its header claims {n} bytes but the file has {len(data)} (truncated?).")
     try:
         header = json.loads(data[8:8 + n].decode("utf-8"))

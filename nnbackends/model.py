@@ -216,7 +216,8 @@ class Model:
         progress = make_progress(verbose, epochs, steps_per_epoch)
         opt = self.optimizer
         regularized = [p for p in self.params() if p.regularized]
-        with _deferred_interrupt() as interrupted:
+        # A step that overflows raises TrainingDivergedError below; NumPy's warnings would only repeat it.
+        with _deferred_interrupt() as interrupted, np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             for epoch in range(1, epochs + 1):
                 xe, ye = x, y_dev
                 if shuffle and steps_per_epoch > 1:

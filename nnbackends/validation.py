@@ -113,7 +113,7 @@ def check_class_labels(name, y, n_classes) -> np.ndarray:
     if y.ndim == 1:
         if not np.all(np.mod(y, 1) == 0):
             bad = y[np.mod(y, 1) != 0][0]
-            raise ValueError(f"{name} must hold integer class labels, got the value {bad!r}.")
+            raise ValueError(f"{name} must hold integer class labels, got the value {bad.item()!r}.")
         low, high = y.min(), y.max()
         if low < 0 or high >= n_classes:
             raise ValueError(
@@ -160,7 +160,7 @@ def _check_finite(name, arr, dtype=None):
         raise ValueError(f"{name} contains NaN or Inf (first at index [{where}]); clean or impute the data first.")
     if dtype is None or arr.size == 0:
         return
-    limit = np.finfo(dtype).max
+    limit = float(np.finfo(dtype).max)
     largest = float(np.abs(arr).max())
     if largest > limit:
         raise ValueError(

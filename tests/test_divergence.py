@@ -3,7 +3,8 @@
 An SGD whose learning rate jumps to 1e30 at a chosen step makes the weights
 huge but finite; the next step's logits overflow, so its loss and gradients
 are NaN or Inf. The model must keep the weights it had before that step and
-the error must carry the epochs completed before it.
+the error must carry the epochs completed before it. The overflow itself
+raises no warning: the error says everything (warnings are errors here).
 """
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ import pytest
 
 import nnbackends as nb
 from nnbackends.layers import Dense, ReLU, Softmax
+
+pytestmark = pytest.mark.filterwarnings("error")
 
 X, Y = nb.datasets.spiral_data(10, 3)  # 30 samples
 BATCH = 10  # 3 steps per epoch

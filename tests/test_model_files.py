@@ -2,6 +2,7 @@
 never unpickles anything, and saving is atomic even when the writer is killed midway."""
 from __future__ import annotations
 
+import io
 import json
 import os
 import pathlib
@@ -69,6 +70,12 @@ def layers_meta(path, edit):
     return {"layers": json.dumps(layers)}
 
 
+def npy_bytes():
+    buffer = io.BytesIO()
+    np.save(buffer, np.zeros(3))
+    return buffer.getvalue()
+
+
 def truncate(path, keep):
     data = path.read_bytes()
     path.write_bytes(data[:keep(len(data))])
@@ -77,10 +84,11 @@ def truncate(path, keep):
 # id -> (corrupt the saved file in place, fragments of the error message)
 BAD_FILES = {
     "empty": (lambda p: p.write_bytes(b""), ["not a valid safetensors file", "0 bytes"]),
-    "truncated in header": (lambda p: truncate(p, lambda n: 20), ["truncated"]),
+    "truncated in header": (lambda p: truncate(p, lambda n: 20), ["header claims", "the file has 20", "truncated"]),
     "truncated in data": (lambda p: truncate(p, lambda n: n - 5), ["tensor", "truncated or corrupt"]),
-    "not safetensors (text)": (lambda p: p.write_text("hello, I am a CSV file\n1,2,3\n"), ["not a valid safetensors file"]),
-    "not safetensors (npy)": (lambda p: np.save(open(p, "wb"), np.zeros(3)), ["not a valid safetensors file"]),
+    "not safetensors (text)": (lambda p: p.write_text("hello, I am a CSV file\n1,2,3\n"),
+                               ["not a valid safetensors file", "some other kind of file"]),
+    "not safetensors (npy)": (lambda p: p.write_bytes(npy_bytes()), ["not a valid safetensors file", "other kind"]),
     "header not JSON": (lambda p: p.write_bytes(struct.pack("<Q", 8) + b"not json"), ["header is not JSON"]),
     "header not an object": (lambda p: p.write_bytes(struct.pack("<Q", 8) + b"[1,2]   "), ["not a JSON object"]),
     "bad tensor entry": (lambda p: p.write_bytes(struct.pack("<Q", 16) + b'{"w":{"a":1}}   '),

@@ -58,7 +58,7 @@ CASES = {
     "y 3-D": (lambda: fit(y=Y[:, None, None]), ValueError, ["y must be 1-D labels or 2-D", "(30, 1, 1)"]),
     "y labels too big": (lambda: fit(y=Y + 1), ValueError, ["y holds labels from 1 to 3", "3 classes", "0..2"]),
     "y labels negative": (lambda: fit(y=Y.astype(int) - 1), ValueError, ["y holds labels from -1", "0..2"]),
-    "y labels not integral": (lambda: fit(y=Y + 0.5), ValueError, ["y must hold integer class labels", "0.5"]),
+    "y labels not integral": (lambda: fit(y=Y + 0.5), ValueError, ["y must hold integer class labels, got the value 0.5."]),
     "y not one-hot": (lambda: fit(y=np.ones((30, 3))), ValueError, ["y row 0 is not one-hot", "[1.0, 1.0, 1.0]"]),
     "y one-hot width": (lambda: fit(y=np.eye(4)[Y]), ValueError, ["y has one-hot rows of width 4", "3 classes"]),
     "y regression columns": (
