@@ -21,7 +21,8 @@ import nnbackends as nb
 from nnbackends.layers import Dense, ReLU, Softmax
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ENV = {**os.environ, "PYTHONPATH": ROOT}
+#: The child imports the suite's conftest too, so backends registered only for tests exist there as well.
+ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([ROOT, os.path.join(ROOT, "tests")])}
 READY = "steps-are-running"
 
 # Trains "forever"; after step 20 it tells the parent it is training. It records
@@ -29,6 +30,7 @@ READY = "steps-are-running"
 FIT_SCRIPT = textwrap.dedent(f"""
     import json, sys
     import numpy as np
+    import conftest
     import nnbackends as nb
     from nnbackends.layers import Dense, ReLU, Softmax
 
