@@ -16,11 +16,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RTOL = 1e-5
 
 
-def train(backend="numpy", seed=0, epochs=20):
+def train(backend="numpy", seed=0, epochs=20, dropout=0.1):
     """Shuffled mini-batches and dropout: every use of the seeded generator is exercised."""
     X, y = nb.datasets.spiral_data(100, 3)
     model = nb.Model(backend=backend, seed=seed)
-    model.add(Dense(2, 32)).add(ReLU()).add(Dropout(0.1)).add(Dense(32, 3)).add(Softmax())
+    model.add(Dense(2, 32)).add(ReLU()).add(Dropout(dropout)).add(Dense(32, 3)).add(Softmax())
     model.compile(loss="categorical_crossentropy", optimizer=nb.optimizers.Adam(0.02, decay=1e-3))
     model.fit(X, y, epochs=epochs, batch_size=64, verbose=0)
     return model.get_weights()
@@ -54,11 +54,21 @@ def test_numpy_weights_are_bit_identical_in_another_process():
     assert result.stdout.strip() == digest(train(seed=3))
 
 
-def test_backend_is_reproducible_and_matches_numpy(backend):
-    """A short run (chaos grows rounding differences in long ones; see the design notes)."""
-    first, second = train(backend.name, seed=5, epochs=2), train(backend.name, seed=5, epochs=2)
-    reference = train("numpy", seed=5, epochs=2)
-    for a, b, ref in zip(first, second, reference, strict=True):
-        scale = float(np.abs(ref).max())
-        np.testing.assert_allclose(a, b, rtol=RTOL, atol=RTOL * scale)
-        np.testing.assert_allclose(a, ref, rtol=RTOL, atol=RTOL * scale)
+def assert_within_tolerance(got, want):
+    for a, b in zip(got, want, strict=True):
+        np.testing.assert_allclose(a, b, rtol=RTOL, atol=RTOL * float(np.abs(b).max()))
+
+
+def test_backend_is_reproducible(backend):
+    """The same seed twice on one backend, dropout included."""
+    assert_within_tolerance(train(backend.name, seed=5, epochs=2), train(backend.name, seed=5, epochs=2))
+
+
+def test_backend_matches_numpy(backend):
+    """A short run (chaos grows rounding differences in long ones; see the design notes).
+
+    Without dropout: a backend may draw its dropout masks on the device from a
+    stream seeded by the host generator, so masks agree in distribution, not bit for bit.
+    """
+    assert_within_tolerance(train(backend.name, seed=5, epochs=2, dropout=0.0),
+                            train("numpy", seed=5, epochs=2, dropout=0.0))
