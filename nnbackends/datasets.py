@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from .validation import check_fraction, check_positive_int
+from .validation import check_fraction, check_positive_int, check_seed
 
 
 def spiral_data(samples, classes, seed=0):
     """``classes`` interleaved spiral arms of ``samples`` points each: X (n, 2) float32, y (n,) uint8."""
     samples = check_positive_int("samples", samples)
     classes = check_positive_int("classes", classes)
-    rs = np.random.RandomState(seed)
+    rs = np.random.RandomState(check_seed("seed", seed))
     X = np.zeros((samples * classes, 2), dtype=np.float32)
     y = np.zeros(samples * classes, dtype=np.uint8)
     r = np.linspace(0.0, 1, samples)
@@ -33,7 +33,7 @@ def vertical_data(samples, classes, seed=0):
     """``classes`` vertical blobs of ``samples`` points each: X (n, 2) float32, y (n,) uint8."""
     samples = check_positive_int("samples", samples)
     classes = check_positive_int("classes", classes)
-    rs = np.random.RandomState(seed)
+    rs = np.random.RandomState(check_seed("seed", seed))
     X = np.zeros((samples * classes, 2), dtype=np.float32)
     y = np.zeros(samples * classes, dtype=np.uint8)
     for c in range(classes):
@@ -69,7 +69,7 @@ def classification_data(samples, features, classes, seed=0, dtype=np.float32):
     samples = check_positive_int("samples", samples)
     features = check_positive_int("features", features)
     classes = check_positive_int("classes", classes)
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(check_seed("seed", seed))
     X = rng.standard_normal((samples, features)).astype(dtype)
     y = (X @ rng.standard_normal((features, classes)).astype(dtype)).argmax(axis=1).astype(np.uint8 if classes <= 256 else np.int64)
     return X, y
@@ -81,6 +81,7 @@ def train_test_split(X, y, test_size=0.25, seed=0, shuffle=True):
     if len(X) != len(y):
         raise ValueError(f"X and y have different lengths: {len(X)} and {len(y)}.")
     test_size = check_fraction("test_size", test_size)
+    seed = check_seed("seed", seed)
     n_test = int(round(len(X) * test_size))
     if not 0 < n_test < len(X):
         raise ValueError(f"test_size={test_size} leaves {n_test} of {len(X)} samples for testing; "

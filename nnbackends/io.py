@@ -47,7 +47,7 @@ def write_safetensors(path, tensors: dict[str, np.ndarray], metadata: dict[str, 
 def atomic_write(path, chunks) -> None:
     """Write ``chunks`` to a temporary file beside ``path``, flush it to disk, then rename it over ``path``."""
     path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
+    folder = check_save_folder(path)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
@@ -68,6 +68,17 @@ def atomic_write(path, chunks) -> None:
             os.close(dir_fd)
 
 
+def check_save_folder(path) -> str:
+    """The folder ``path`` would be saved in; ``FileNotFoundError`` naming it when it does not exist.
+
+    Callers that work long before saving (``nnbackends train --save``) check up front.
+    """
+    folder = os.path.dirname(os.path.abspath(os.fspath(path)))
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"Cannot save to {os.fspath(path)!r}: the folder {folder!r} does not exist.")
+    return folder
+
+
 def read_safetensors(path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """Read a safetensors file; raise ``ModelFileError`` naming what is wrong with it."""
     path = os.fspath(path)
@@ -77,7 +88,10 @@ def read_safetensors(path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     if len(data) < 8:
         raise ModelFileError(f"{where}: it has {len(data)} bytes, fewer than the 8-byte header length.")
     (n,) = struct.unpack("<Q", data[:8])
-    if n > MAX_HEADER or 8 + n > len(data):
+    if n > MAX_HEADER:
+        raise ModelFileError(f"{where}: its first 8 bytes do not hold a plausible header length ({n} bytes); "
+                             "it is some other kind of file.")
+    if 8 + n > len(data):
         raise ModelFileError(f"{where}: its header claims {n} bytes but the file has {len(data)} (truncated?).")
     try:
         header = json.loads(data[8:8 + n].decode("utf-8"))
@@ -136,6 +150,9 @@ def load_model(path, backend=None):
     if meta.get("format_version") != FORMAT_VERSION:
         raise ModelFileError(f"{os.fspath(path)!r} has format version {meta.get('format_version')!r}; "
                              f"this nnbackends reads version {FORMAT_VERSION}.")
+    missing = [key for key in ("dtype", "layers", "loss", "optimizer", "metric") if key not in meta]
+    if missing:
+        raise ModelFileError(f"{os.fspath(path)!r} lacks the model metadata {missing}; save models with Model.save().")
     try:
         layers = json.loads(meta["layers"])
         model = Model(backend=backend, dtype=meta["dtype"])
@@ -146,7 +163,8 @@ def load_model(path, backend=None):
                       optimizer=optimizer_from_config(json.loads(meta["optimizer"])),
                       metrics=[metric_from_config(metric)] if metric else [])
     except (KeyError, TypeError, ValueError) as exc:
-        raise ModelFileError(f"{os.fspath(path)!r} has invalid model metadata: {exc}") from None
+        detail = f"missing key {exc}" if isinstance(exc, KeyError) else str(exc)
+        raise ModelFileError(f"{os.fspath(path)!r} has invalid model metadata: {detail}") from None
     expected = {f"layers.{i}.{p.name}": p for i, layer in enumerate(model.layers) for p in layer.params()}
     missing = sorted(set(expected) - set(tensors))
     extra = sorted(set(tensors) - set(expected))

@@ -15,14 +15,14 @@ import threading
 import numpy as np
 
 from . import io
-from .backends import get_backend
+from .backends import Backend, get_backend, registered_backends
 from .errors import TrainingDivergedError
 from .layers import Dense, Layer, Softmax
 from .losses import CategoricalCrossentropy, get_loss
 from .metrics import get_metric
 from .optimizers import get_optimizer
 from .progress import make_progress
-from .validation import check_choice, check_features, check_positive_int, check_targets
+from .validation import check_choice, check_features, check_positive_int, check_seed, check_targets
 
 DTYPES = ("float32", "float64")
 
@@ -57,10 +57,10 @@ class Model:
     """
 
     def __init__(self, backend=None, seed=None, dtype="float32"):
-        self.backend = get_backend(backend)
+        self.backend = get_backend(_check_backend_name(backend))
         self.dtype = check_choice("dtype", str(np.dtype(dtype)) if _is_dtype(dtype) else dtype, DTYPES)
-        self.seed = seed
-        self.rng = np.random.default_rng(seed)
+        self.seed = check_seed("seed", seed)
+        self.rng = np.random.default_rng(self.seed)
         self.layers: list[Layer] = []
         self.loss = self.optimizer = self.metric = None
         self._n_features = None  # output width of the stack so far
@@ -72,19 +72,26 @@ class Model:
         if not isinstance(layer, Layer):
             raise TypeError(f"add() takes a Layer, got {layer!r} ({type(layer).__name__}).")
         if isinstance(layer, Dense) and self._n_features is not None and layer.n_inputs != self._n_features:
-            prev = next(l for l in reversed(self.layers) if isinstance(l, Dense))
+            i, prev = next((i, l) for i, l in reversed(list(enumerate(self.layers))) if isinstance(l, Dense))
             raise ValueError(
-                f"Layer sizes do not chain: layer {len(self.layers)} {layer!r} takes {layer.n_inputs} inputs "
-                f"but the previous Dense layer {prev!r} gives {self._n_features} outputs."
+                f"Layer sizes do not chain: layer {len(self.layers)} Dense({layer.n_inputs}, {layer.n_neurons}) "
+                f"takes n_inputs={layer.n_inputs}, but layer {i} Dense({prev.n_inputs}, {prev.n_neurons}) "
+                f"gives {self._n_features} outputs; expected n_inputs={self._n_features}."
             )
         self._n_features = layer.build(self.backend, self.dtype, self.rng, self._n_features)
         self.layers.append(layer)
         self._compiled_step = None
         return self
 
+    def _first_dense(self) -> Dense:
+        dense = next((l for l in self.layers if isinstance(l, Dense)), None)
+        if dense is None:
+            raise ValueError("The model has no Dense layer; add layers before compile, fit or predict.")
+        return dense
+
     @property
     def n_inputs(self) -> int:
-        return next(l.n_inputs for l in self.layers if isinstance(l, Dense))
+        return self._first_dense().n_inputs
 
     @property
     def n_outputs(self) -> int:
@@ -95,8 +102,7 @@ class Model:
 
     def compile(self, loss="categorical_crossentropy", optimizer="adam", metrics=("accuracy",)):
         """Choose the loss, optimizer (objects or names) and metric; resets optimizer state."""
-        if not any(isinstance(l, Dense) for l in self.layers):
-            raise ValueError("The model has no Dense layer; add layers before compile().")
+        self._first_dense()  # a model needs at least one
         if isinstance(metrics, str):
             metrics = [metrics]
         metrics = list(metrics or [])
@@ -172,8 +178,8 @@ class Model:
     def _prepare(self, X, y, x_name="X", y_name="y"):
         """Validate host data and move it to the backend once."""
         self._require_compiled()
-        X = check_features(x_name, X, self.n_inputs)
-        y = check_targets(y_name, y, X.shape[0], x_name)
+        X = check_features(x_name, X, self.n_inputs, self.dtype)
+        y = check_targets(y_name, y, X.shape[0], x_name, self.dtype)
         y = self.loss.prepare_targets(y, self.n_outputs, self.dtype, y_name)
         return self.backend.asarray(X, self.dtype), self.backend.asarray(y), y
 
@@ -210,7 +216,8 @@ class Model:
         progress = make_progress(verbose, epochs, steps_per_epoch)
         opt = self.optimizer
         regularized = [p for p in self.params() if p.regularized]
-        with _deferred_interrupt() as interrupted:
+        # A step that overflows raises TrainingDivergedError below; NumPy's warnings would only repeat it.
+        with _deferred_interrupt() as interrupted, np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             for epoch in range(1, epochs + 1):
                 xe, ye = x, y_dev
                 if shuffle and steps_per_epoch > 1:
@@ -234,15 +241,16 @@ class Model:
                         reg_sum = reg_sum + reg * weight
                     if interrupted():
                         break
+                if s + 1 == steps_per_epoch:  # the epoch is complete (Ctrl-C may cut one short)
+                    logs = self._epoch_logs(loss_sum, reg_sum, acc_sum)
+                    if val is not None:
+                        logs.update({"val_" + k: v for k, v in self._evaluate_device(*val).items()})
+                    history.append(logs)
+                    progress.epoch_end(epoch, logs)
                 if interrupted():
                     history.interrupted = True
                     progress.interrupted(epoch)
                     break
-                logs = self._epoch_logs(loss_sum, reg_sum, acc_sum)
-                if val is not None:
-                    logs.update({"val_" + k: v for k, v in self._evaluate_device(*val).items()})
-                history.append(logs)
-                progress.epoch_end(epoch, logs)
         progress.close()
         return history
 
@@ -286,7 +294,7 @@ class Model:
 
     def predict(self, X, batch_size=None) -> np.ndarray:
         """Outputs of the network for X (inference mode), as a host NumPy array."""
-        X = check_features("X", X, self.n_inputs)
+        X = check_features("X", X, self.n_inputs, self.dtype)
         n = X.shape[0]
         batch_size = n if batch_size is None else check_positive_int("batch_size", batch_size)
         parts = []
@@ -338,6 +346,15 @@ class Model:
 def load_model(path, backend=None):
     """Rebuild a model saved with ``Model.save`` on any backend; never executes file contents."""
     return io.load_model(path, backend)
+
+
+def _check_backend_name(backend):
+    """A Backend passes; a name must be "auto" or a registered backend (the registry says whether it runs here)."""
+    if backend is None or isinstance(backend, Backend):
+        return backend
+    if not isinstance(backend, str):
+        raise TypeError(f"backend must be a backend name or a Backend, got {backend!r} ({type(backend).__name__}).")
+    return check_choice("backend", backend.strip(), ("auto", *registered_backends()))
 
 
 def _is_dtype(dtype) -> bool:

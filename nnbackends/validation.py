@@ -24,6 +24,17 @@ def check_positive_int(name, value) -> int:
     return int(value)
 
 
+def check_seed(name, value):
+    """None or a non-negative integer (a seed for NumPy's generators)."""
+    if value is None:
+        return None
+    if not _is_int(value):
+        raise TypeError(f"{name} must be None or a non-negative integer, got {value!r} ({type(value).__name__}).")
+    if value < 0:
+        raise ValueError(f"{name} must be None or a non-negative integer, got {value}.")
+    return int(value)
+
+
 def check_float(name, value, *, low=None, high=None, low_open=False, high_open=False, what="a finite number") -> float:
     """A finite real number within the given bounds."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
@@ -65,8 +76,11 @@ def check_choice(name, value, choices):
     return lowered[key]
 
 
-def check_features(name, X, n_features=None) -> np.ndarray:
-    """A non-empty, finite, numeric 2-D host array (a 1-D one is rejected with a hint)."""
+def check_features(name, X, n_features=None, dtype=None) -> np.ndarray:
+    """A non-empty, finite, numeric 2-D host array (a 1-D one is rejected with a hint).
+
+    With ``dtype``, the values must also stay finite once cast to it.
+    """
     arr = _numeric_array(name, X)
     if arr.ndim != 2:
         hint = f" (reshape a single feature with {name}.reshape(-1, 1))" if arr.ndim == 1 else ""
@@ -77,12 +91,12 @@ def check_features(name, X, n_features=None) -> np.ndarray:
         raise ValueError(
             f"{name} has {arr.shape[1]} features per sample but the first layer expects {n_features}."
         )
-    _check_finite(name, arr)
+    _check_finite(name, arr, dtype)
     return arr
 
 
-def check_targets(name, y, n_samples, x_name="X") -> np.ndarray:
-    """A finite numeric host array with one row per sample of ``x_name``."""
+def check_targets(name, y, n_samples, x_name="X", dtype=None) -> np.ndarray:
+    """A finite numeric host array with one row per sample of ``x_name`` (within ``dtype``'s range if given)."""
     arr = _numeric_array(name, y)
     if arr.ndim == 0 or arr.ndim > 2:
         raise ValueError(f"{name} must be 1-D labels or 2-D targets, got shape {arr.shape}.")
@@ -90,7 +104,7 @@ def check_targets(name, y, n_samples, x_name="X") -> np.ndarray:
         raise ValueError(
             f"{x_name} and {name} have different lengths: {n_samples} samples in {x_name}, {arr.shape[0]} in {name}."
         )
-    _check_finite(name, arr)
+    _check_finite(name, arr, dtype)
     return arr
 
 
@@ -99,7 +113,7 @@ def check_class_labels(name, y, n_classes) -> np.ndarray:
     if y.ndim == 1:
         if not np.all(np.mod(y, 1) == 0):
             bad = y[np.mod(y, 1) != 0][0]
-            raise ValueError(f"{name} must hold integer class labels, got the value {bad!r}.")
+            raise ValueError(f"{name} must hold integer class labels, got the value {bad.item()!r}.")
         low, high = y.min(), y.max()
         if low < 0 or high >= n_classes:
             raise ValueError(
@@ -130,14 +144,26 @@ def _numeric_array(name, value) -> np.ndarray:
     try:
         arr = np.asarray(value)
     except Exception as exc:  # ragged lists and the like
-        raise TypeError(f"{name} must be a numeric array: {exc}") from None
+        raise TypeError(f"{name} must be a rectangular numeric array, got a {type(value).__name__} "
+                        f"that NumPy cannot convert ({exc}).") from None
     if arr.dtype == bool or not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
-        raise TypeError(f"{name} must be a numeric (integer or float) array, got dtype {arr.dtype}.")
+        what = f"dtype {arr.dtype}" if isinstance(value, np.ndarray) else f"{type(value).__name__} of dtype {arr.dtype}"
+        raise TypeError(f"{name} must be a numeric (integer or float) array, got {what}.")
     return arr
 
 
-def _check_finite(name, arr):
+def _check_finite(name, arr, dtype=None):
+    """No NaN or Inf in ``arr``, and none once cast to ``dtype`` (when given)."""
     if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
         bad = np.argwhere(~np.isfinite(arr))[0]
         where = ", ".join(map(str, bad))
         raise ValueError(f"{name} contains NaN or Inf (first at index [{where}]); clean or impute the data first.")
+    if dtype is None or arr.size == 0:
+        return
+    limit = float(np.finfo(dtype).max)
+    largest = float(np.abs(arr).max())
+    if largest > limit:
+        raise ValueError(
+            f"{name} holds values up to {largest:g}, beyond the largest {np.dtype(dtype).name} ({limit:g}); "
+            f"scale the data or use dtype='float64'."
+        )

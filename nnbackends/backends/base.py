@@ -228,9 +228,9 @@ class ArrayBackend(Backend):
         return out
 
     def cce_backward(self, p, y):
-        """Gradient of ``cce_loss`` (the clipping treated as the identity, as in nnfs)."""
+        """Gradient of ``cce_loss``: ``-y / (max(p, 1e-7) * n)`` (nnfs's, kept finite where p is exactly 0)."""
         n = p.shape[0]
-        return -self._one_hot(y, p.shape[1], p.dtype) / (p * n)
+        return -self._one_hot(y, p.shape[1], p.dtype) / (self.xp.maximum(p, p.dtype.type(CLIP)) * n)
 
     def softmax_cce_backward(self, p, y):
         """Gradient of cce_loss(softmax(z)) with respect to the logits z, given p = softmax(z)."""
