@@ -20,6 +20,7 @@ CuPy is missing or no CUDA device answers.
 from __future__ import annotations
 
 import importlib.resources
+import logging
 
 import numpy as np
 
@@ -51,6 +52,7 @@ INSTALL = ('pip install "nnbackends[cuda12]" (CUDA 12 driver) or pip install "nn
            "(CUDA 13 driver); install one of the two, never both")
 #: Batch shapes a compiled step keeps a graph for; others run its kernels without a graph.
 MAX_GRAPHS = 4
+log = logging.getLogger("nnbackends")
 
 
 def kernel_source() -> str:
@@ -413,7 +415,7 @@ class GraphStep:
             buffers.x[...] = x
             buffers.y[...] = y
             body()  # the first call per shape runs eagerly (it also loads every kernel and cuBLAS)
-            replay = be._capture(body) if len(self.shapes) < MAX_GRAPHS else body
+            replay = self._capture(body) if len(self.shapes) < MAX_GRAPHS else body
             self.shapes[key] = buffers, replay
         else:
             buffers, replay = entry
@@ -423,6 +425,15 @@ class GraphStep:
         result = buffers.result.copy()  # the buffers are overwritten by the next call
         accuracy = result[1, ...] if metric is not None else None
         return result[0, ...], accuracy, not int(be.to_numpy(buffers.nonfinite))
+
+    def _capture(self, body):
+        """A graph of ``body``, or ``body`` itself (same launches, no graph) where capture fails."""
+        try:
+            return self.be._capture(body)
+        except Exception as exc:  # a library that cannot be captured on this CUDA version
+            log.warning("CUDA graph capture failed (%s: %s); the compiled step runs without a graph",
+                        type(exc).__name__, exc)
+            return body
 
     def _run(self, b, precision):
         be, plan = self.be, self.plan
