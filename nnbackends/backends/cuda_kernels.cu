@@ -111,6 +111,16 @@ struct OneHotTargets {
     __device__ long long label(long long row) const { return argmax_row(y + row * cols, cols); }
 };
 
+// Kernels name_labels and name_onehot: the template name_ for integer labels and for one-hot rows.
+#define CLASS_TARGET_KERNELS(name)                                                                        \
+    extern "C" __global__ void name##_labels(const real* p, const long long* y, real* out, int rows,     \
+                                             int cols) {                                                 \
+        name##_(p, LabelTargets{y, cols}, out, rows, cols);                                              \
+    }                                                                                                    \
+    extern "C" __global__ void name##_onehot(const real* p, const real* y, real* out, int rows, int cols) { \
+        name##_(p, OneHotTargets{y, cols}, out, rows, cols);                                             \
+    }
+
 // ------------------------------------------------------------------ activations and dense
 extern "C" __global__ void activation_forward(const real* x, real* y, long long n, int act, real alpha) {
     FOR_EACH(i, n) y[i] = activate(act, x[i], alpha);
@@ -171,39 +181,14 @@ __device__ void cce_loss_(const real* p, T t, real* out, int rows, int cols) {
         rows, rows, out);
 }
 
-extern "C" __global__ void cce_loss_labels(const real* p, const long long* y, real* out, int rows, int cols) {
-    cce_loss_(p, LabelTargets{y, cols}, out, rows, cols);
-}
-
-extern "C" __global__ void cce_loss_onehot(const real* p, const real* y, real* out, int rows, int cols) {
-    cce_loss_(p, OneHotTargets{y, cols}, out, rows, cols);
-}
-
 template <class T>
 __device__ void cce_backward_(const real* p, T t, real* g, int rows, int cols) {
     FOR_EACH(i, (long long)rows * cols) g[i] = -t.at(i) / (p[i] * (real)rows);
 }
 
-extern "C" __global__ void cce_backward_labels(const real* p, const long long* y, real* g, int rows, int cols) {
-    cce_backward_(p, LabelTargets{y, cols}, g, rows, cols);
-}
-
-extern "C" __global__ void cce_backward_onehot(const real* p, const real* y, real* g, int rows, int cols) {
-    cce_backward_(p, OneHotTargets{y, cols}, g, rows, cols);
-}
-
 template <class T>
 __device__ void softmax_cce_backward_(const real* p, T t, real* g, int rows, int cols) {
     FOR_EACH(i, (long long)rows * cols) g[i] = (p[i] - t.at(i)) / (real)rows;
-}
-
-extern "C" __global__ void softmax_cce_backward_labels(const real* p, const long long* y, real* g, int rows,
-                                                       int cols) {
-    softmax_cce_backward_(p, LabelTargets{y, cols}, g, rows, cols);
-}
-
-extern "C" __global__ void softmax_cce_backward_onehot(const real* p, const real* y, real* g, int rows, int cols) {
-    softmax_cce_backward_(p, OneHotTargets{y, cols}, g, rows, cols);
 }
 
 template <class T>
@@ -212,15 +197,10 @@ __device__ void categorical_accuracy_(const real* p, T t, real* out, int rows, i
                 out);
 }
 
-extern "C" __global__ void categorical_accuracy_labels(const real* p, const long long* y, real* out, int rows,
-                                                       int cols) {
-    categorical_accuracy_(p, LabelTargets{y, cols}, out, rows, cols);
-}
-
-extern "C" __global__ void categorical_accuracy_onehot(const real* p, const real* y, real* out, int rows,
-                                                       int cols) {
-    categorical_accuracy_(p, OneHotTargets{y, cols}, out, rows, cols);
-}
+CLASS_TARGET_KERNELS(cce_loss)
+CLASS_TARGET_KERNELS(cce_backward)
+CLASS_TARGET_KERNELS(softmax_cce_backward)
+CLASS_TARGET_KERNELS(categorical_accuracy)
 
 // ------------------------------------------------------------------ elementwise losses and metrics
 extern "C" __global__ void bce_loss(const real* p, const real* y, real* out, long long n) {
