@@ -108,6 +108,13 @@ def test_a_syntax_error_fails_the_compile():
         nvrtc_compile(broken, cb.compile_options("float32"))
 
 
+def test_python_and_cuda_agree_on_shared_constants():
+    source = cb.kernel_source()
+    assert int(re.search(r"#define REDUCE_THREADS (\d+)", source).group(1)) == cb.REDUCE_THREADS
+    enum = dict(re.findall(r"(\w+) = (\d+)", re.search(r"enum \{([^}]*)\}", source).group(1)))
+    assert {k.lower(): int(v) for k, v in enum.items()} == cb.ACTIVATIONS
+
+
 def test_kernel_source_is_package_data():
     tomllib = pytest.importorskip("tomllib")  # Python 3.11+
 
@@ -148,7 +155,7 @@ def checked_backend(checker):
     be.to_numpy = np.asarray
     be._function = checker.function
     be._capture = lambda body: body
-    be._upload = lambda device, host: device.__setitem__(Ellipsis, host)
+    be._upload = be._copy_into = lambda dst, src: dst.__setitem__(Ellipsis, src)
     return be
 
 
@@ -402,3 +409,23 @@ def test_gpu_graph_reads_the_learning_rate_from_device_memory(gpu):
         step(x, labels)
         moved.append(np.abs(model.get_weights()[0] - before).max())
     assert moved[0] > 0 and moved[1] == 0
+
+
+def splitmix_mask(seed, n, rate, dtype):
+    """Oracle of the device dropout generator (the CUDA source's splitmix64 stream)."""
+    def mix(z):
+        z = z + np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return z ^ (z >> np.uint64(31))
+
+    u = (mix(np.uint64(seed) ^ mix(np.arange(n, dtype=np.uint64))) >> np.uint64(11)) * 2.0**-53
+    return np.where(u >= rate, np.asarray(1 / (1 - rate), dtype), 0).astype(dtype)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_gpu_dropout_mask_follows_its_generator(gpu, dtype):
+    mask = gpu.to_numpy(gpu.dropout_mask((300, 7), 0.3, np.random.default_rng(4), dtype))
+    seed = int(np.random.default_rng(4).integers(0, 2**63))  # what the backend draws from the host generator
+    np.testing.assert_array_equal(mask.ravel(), splitmix_mask(seed, mask.size, 0.3, dtype))
