@@ -153,6 +153,7 @@ def checked_backend(checker):
     cb.CupyArrayCode.__init__(be)
     be.xp = np
     be.to_numpy = np.asarray
+    be._address = lambda a: a.ctypes.data
     be._function = checker.function
     be._capture = lambda body: body
     be._upload = be._copy_into = lambda dst, src: dst.__setitem__(Ellipsis, src)

@@ -361,26 +361,39 @@ extern "C" __global__ void adam_update(real* p, const real* g, real* m, real* v,
     FOR_EACH(i, n) adam_at(p, g, m, v, i, c);
 }
 
-// Graph-step variants: the learning rate and step count come from device
-// memory (hyper = {lr, step}, written before each replay), and nothing is
-// changed when *nonfinite is set.
-extern "C" __global__ void sgd_update_guarded(real* p, const real* g, long long n, const double* hyper,
-                                              const int* nonfinite) {
-    if (*nonfinite) return;
-    const real r = (real)hyper[0];
-    FOR_EACH(i, n) p[i] -= r * g[i];
+// Graph-step kernels: one launch covers every parameter (blockIdx.y picks it
+// from tables of addresses and sizes built before capture); the learning
+// rate and step count come from device memory (hyper = {lr, step}, written
+// before each replay), and nothing is changed when *nonfinite is set.
+extern "C" __global__ void flag_nonfinite_many(const real* const* arrays, const long long* sizes, int* flag) {
+    const real* a = arrays[blockIdx.y];
+    FOR_EACH(i, sizes[blockIdx.y]) if (!(a[i] - a[i] == (real)0)) *flag = 1;
 }
 
-extern "C" __global__ void sgd_momentum_update_guarded(real* p, const real* g, real* v, long long n,
+extern "C" __global__ void sgd_update_guarded(real* const* params, const real* const* grads, const long long* sizes,
+                                              const double* hyper, const int* nonfinite) {
+    if (*nonfinite) return;
+    real* p = params[blockIdx.y];
+    const real* g = grads[blockIdx.y];
+    const real r = (real)hyper[0];
+    FOR_EACH(i, sizes[blockIdx.y]) p[i] -= r * g[i];
+}
+
+extern "C" __global__ void sgd_momentum_update_guarded(real* const* params, const real* const* grads,
+                                                       real* const* velocities, const long long* sizes,
                                                        const double* hyper, const int* nonfinite, double momentum) {
     if (*nonfinite) return;
-    FOR_EACH(i, n) momentum_at(p, g, v, i, (real)hyper[0], (real)momentum);
+    real *p = params[blockIdx.y], *v = velocities[blockIdx.y];
+    const real* g = grads[blockIdx.y];
+    FOR_EACH(i, sizes[blockIdx.y]) momentum_at(p, g, v, i, (real)hyper[0], (real)momentum);
 }
 
-extern "C" __global__ void adam_update_guarded(real* p, const real* g, real* m, real* v, long long n,
-                                               const double* hyper, const int* nonfinite, double b1, double b2,
-                                               double eps) {
+extern "C" __global__ void adam_update_guarded(real* const* params, const real* const* grads, real* const* ms,
+                                               real* const* vs, const long long* sizes, const double* hyper,
+                                               const int* nonfinite, double b1, double b2, double eps) {
     if (*nonfinite) return;
     const AdamCoefficients c = adam_coefficients(hyper[0], b1, b2, eps, hyper[1]);
-    FOR_EACH(i, n) adam_at(p, g, m, v, i, c);
+    real *p = params[blockIdx.y], *m = ms[blockIdx.y], *v = vs[blockIdx.y];
+    const real* g = grads[blockIdx.y];
+    FOR_EACH(i, sizes[blockIdx.y]) adam_at(p, g, m, v, i, c);
 }

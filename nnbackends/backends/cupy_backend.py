@@ -37,7 +37,7 @@ KERNEL_NAMES = (
     "categorical_accuracy_labels", "categorical_accuracy_onehot",
     "bce_loss", "bce_backward", "mse_loss", "mse_backward", "mae_loss", "mae_backward",
     "binary_accuracy", "regression_accuracy", "regularization_loss", "regularization_backward",
-    "dropout_mask", "multiply", "argmax_rows", "flag_nonfinite",
+    "dropout_mask", "multiply", "argmax_rows", "flag_nonfinite", "flag_nonfinite_many",
     "sgd_update", "sgd_momentum_update", "adagrad_update", "rmsprop_update", "adam_update",
     "sgd_update_guarded", "sgd_momentum_update_guarded", "adam_update_guarded",
 )
@@ -169,17 +169,30 @@ class CupyArrayCode(ArrayBackend):
         if not self.xp.isfinite(a).all():
             flag[...] = 1
 
-    def _guarded_update(self, kind, param, hyper, nonfinite, consts):
-        """Optimizer update ``kind`` (sgd, sgd_momentum, adam) reading ``hyper = [lr, step]``
-        from device memory; does nothing when ``nonfinite`` is set."""
+    def _array_table(self, arrays):
+        """Same-dtype arrays as the ``..._many`` hooks take them (on the GPU: device tables of
+        addresses and sizes, built once and reused by every replay)."""
+        return list(arrays)
+
+    def _flag_nonfinite_many(self, table, flag):
+        for a in table:
+            self._flag_nonfinite(a, flag)
+
+    def _guarded_update_many(self, kind, tables, hyper, nonfinite, consts):
+        """Optimizer update ``kind`` (sgd, sgd_momentum, adam) of every parameter, reading
+        ``hyper = [lr, step]`` from device memory; nothing changes when ``nonfinite`` is set.
+
+        ``tables``: parameters, gradients, then the state arrays (velocity; or m, v).
+        """
         if int(nonfinite):
             return
         lr, step = (float(v) for v in hyper)
-        if kind == "adam":
-            self.adam_update(param.value, param.grad, param.state["m"], param.state["v"], lr, *consts, step)
-        else:
-            momentum = consts[0] if consts else 0.0
-            self.sgd_update(param.value, param.grad, lr, momentum, param.state.get("velocity"))
+        for arrays in zip(*tables):
+            if kind == "adam":
+                self.adam_update(*arrays, lr, *consts, step)
+            else:
+                param, grad, *velocity = arrays
+                self.sgd_update(param, grad, lr, *consts, *velocity)
 
     # ------------------------------------------------------------------ kernels of the table
     def to_numpy(self, x) -> np.ndarray:
@@ -365,7 +378,7 @@ def step_plan(model):
 class _Buffers:
     """Every array one batch shape's step touches, allocated once."""
 
-    def __init__(self, be, plan, x_shape, y_shape, y_dtype, dtype):
+    def __init__(self, be, plan, x_shape, y_shape, y_dtype, dtype, grads):
         n = x_shape[0]
         self.x = be._empty(x_shape, dtype)
         self.y = be._empty(y_shape, y_dtype)
@@ -375,6 +388,7 @@ class _Buffers:
         self.ones = be._ones_row(n, dtype)
         self.result = be.zeros((2,), dtype)  # data loss, accuracy
         self.nonfinite = be.zeros((), np.int32)
+        self.checked = be._array_table([self.result[0, ...], *grads])  # must stay finite
 
 
 class GraphStep:
@@ -402,6 +416,9 @@ class GraphStep:
             self.update, self.consts = ("sgd_momentum", (opt.momentum,)) if opt.momentum else ("sgd", ())
         # Gradients live in fixed buffers of this step (the per-layer path makes new ones).
         self.grads = [backend.zeros(p.value.shape, p.value.dtype) for p in self.params]
+        states = [[p.state[name] for p in self.params] for name in ("m", "v")] if self.update == "adam" else \
+            [[p.state["velocity"] for p in self.params]] if self.update == "sgd_momentum" else []
+        self.update_tables = [backend._array_table(t) for t in ([p.value for p in self.params], self.grads, *states)]
 
     def __call__(self, x, y):
         be, opt = self.be, self.model.optimizer
@@ -415,7 +432,7 @@ class GraphStep:
         entry = self.shapes.get(key)
         be._upload(self.hyper, np.array([opt.current_learning_rate, opt.iterations + 1], dtype=np.float64))
         if entry is None:
-            buffers = _Buffers(be, self.plan, x.shape, y.shape, y.dtype, x.dtype)
+            buffers = _Buffers(be, self.plan, x.shape, y.shape, y.dtype, x.dtype, self.grads)
             body = lambda: self._run(buffers, precision)  # noqa: E731
             be._copy_into(buffers.x, x)
             be._copy_into(buffers.y, y)
@@ -468,14 +485,12 @@ class GraphStep:
                 be._matmul(b.g[i], dense.W.value.T, b.g[i - 1])
                 saved = b.z[i - 1] if kind in ("relu", "leaky_relu", "linear") else b.h[i - 1]
                 be._activation_backward_into(kind, saved, b.g[i - 1], b.g[i - 1], alpha)
-        b.nonfinite.fill(0)
-        be._flag_nonfinite(loss, b.nonfinite)
         for p in self.params:
             if p.regularized:
                 be.regularization_backward(p.value, p.grad, p.l1, p.l2)
-            be._flag_nonfinite(p.grad, b.nonfinite)
-        for p in self.params:
-            be._guarded_update(self.update, p, self.hyper, b.nonfinite, self.consts)
+        b.nonfinite.fill(0)
+        be._flag_nonfinite_many(b.checked, b.nonfinite)
+        be._guarded_update_many(self.update, self.update_tables, self.hyper, b.nonfinite, self.consts)
 
 
 # ---------------------------------------------------------------------- the GPU
@@ -499,6 +514,17 @@ def _import_cupy():
             f"(check nvidia-smi) and the CuPy build that matches it: {INSTALL}."
         ) from exc
     return cupy
+
+
+class _Table:
+    """Device tables of the addresses and sizes of same-dtype arrays (which it keeps alive)."""
+
+    def __init__(self, xp, arrays, address):
+        self.arrays = list(arrays)
+        self.addresses = xp.asarray(np.array([address(a) for a in self.arrays], dtype=np.uint64))
+        self.sizes = xp.asarray(np.array([a.size for a in self.arrays], dtype=np.int64))
+        self.largest = max(a.size for a in self.arrays)
+        self.dtype = self.arrays[0].dtype
 
 
 def _grid(n):
@@ -651,11 +677,22 @@ class CupyBackend(CupyArrayCode):
             return super()._flag_nonfinite(a, flag)
         self._elementwise("flag_nonfinite", a.size, a.dtype, a, np.int64(a.size), flag)
 
-    def _guarded_update(self, kind, param, hyper, nonfinite, consts):
-        p, g = param.value, param.grad
-        state = (param.state["m"], param.state["v"]) if kind == "adam" else tuple(param.state.values())
-        self._elementwise(kind + "_update_guarded", p.size, p.dtype, p, g, *state, np.int64(p.size), hyper,
-                          nonfinite, *map(np.float64, consts))
+    def _address(self, a):
+        return a.data.ptr
+
+    def _array_table(self, arrays):
+        return _Table(self.xp, arrays, self._address)
+
+    def _many(self, name, table, *args):
+        """Launch a kernel over every array of ``table`` (grid row y = array y)."""
+        self._function(name, table.dtype)((_grid(table.largest)[0], len(table.arrays)), (BLOCK,), args)
+
+    def _flag_nonfinite_many(self, table, flag):
+        self._many("flag_nonfinite_many", table, table.addresses, table.sizes, flag)
+
+    def _guarded_update_many(self, kind, tables, hyper, nonfinite, consts):
+        self._many(kind + "_update_guarded", tables[0], *(t.addresses for t in tables), tables[0].sizes, hyper,
+                   nonfinite, *map(np.float64, consts))
 
     # ------------------------------------------------------------------ optimizer kernels (in place)
     def sgd_update(self, param, grad, lr, momentum=0.0, velocity=None):
