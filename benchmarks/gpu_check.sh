@@ -30,7 +30,10 @@ assert '__global__' in cb.kernel_source(), 'the installed package lacks its CUDA
 print('installed', nnbackends.__file__, '- CUDA source shipped')") || status=1
 
 stage "gpu-marked tests (conformance, equivalence and test_cupy for the cupy backend)"
-timeout 360 python3 -m pytest tests -m gpu -q -p no:cacheprovider -rfEs || status=1
+timeout 330 python3 -m pytest tests -m gpu -q -p no:cacheprovider -rfEs || status=1
+
+stage "the other tests that name cupy (NVRTC checks, NumPy stand-in, any unmarked cupy case)"
+timeout 120 python3 -m pytest tests -k cupy -m "not gpu" -q -p no:cacheprovider -rfE || status=1
 
 stage "GPU benchmarks"
 if python3 -m nnbackends bench --help >/dev/null 2>&1; then
