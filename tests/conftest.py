@@ -3,13 +3,20 @@
 ``backend`` is parametrized over ``registered_backends()``; a backend that
 cannot run here is skipped with the reason its creation gives. Tests marked
 ``gpu`` are skipped with a reason where no CUDA device answers.
+
+The test suite registers one more backend, ``cupy-numpy``: the CuPy backend's
+own array code (``CupyArrayCode``) with NumPy standing in for CuPy, so every
+suite that runs on all backends also checks that code without a GPU.
 """
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from nnbackends.backends import get_backend, registered_backends, unavailable_reason
+from nnbackends.backends import get_backend, register_backend, registered_backends, unavailable_reason
+from nnbackends.backends.cupy_backend import CupyArrayCode
+
+register_backend(CupyArrayCode.name, CupyArrayCode)
 
 #: Relative tolerance of each dtype against the float64 NumPy reference.
 TOLERANCE = {"float32": 2e-5, "float64": 1e-12}
