@@ -1,4 +1,4 @@
-"""Command line: ``nnbackends train | info`` (a thin layer over the Python API).
+"""Command line: ``nnbackends train | info | bench`` (a thin layer over the Python API).
 
 Bad arguments end in one line on stderr and exit code 2, never a traceback.
 """
@@ -9,7 +9,7 @@ import json
 import sys
 import time
 
-from . import datasets
+from . import bench, datasets
 from .backends import available_backends, registered_backends, resolve_backend, unavailable_reason
 from .backends import get_backend
 from .errors import BackendUnavailableError, ModelFileError, TrainingDivergedError
@@ -159,6 +159,8 @@ def make_parser() -> argparse.ArgumentParser:
 
     info = sub.add_parser("info", help="versions, backends and their kernels", formatter_class=fmt)
     info.set_defaults(run=cmd_info)
+
+    bench.add_parser(sub)
     return parser
 
 
