@@ -153,7 +153,7 @@ def load_data(name, smoke=False):
     if name == "digits":
         return datasets.load_digits()
     if name == "mnist-shaped":
-        return datasets.classification_data(8192 if smoke else 60_000, 784, 10)
+        return datasets.classification_data(4096 if smoke else 60_000, 784, 10)
     raise ValueError(f"unknown data set {name!r}")
 
 
