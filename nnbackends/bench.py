@@ -402,6 +402,16 @@ class Plan:
     def backend_names(self):
         return list(self.backends) if self.backends else [*registered_backends(), TORCH]
 
+    def command(self) -> str:
+        """The ``nnbackends bench`` command line that runs this plan."""
+        parts = ["nnbackends bench", f"--suite {self.suite}"]
+        parts += [f"--backends {','.join(self.backends)}"] if self.backends else []
+        parts += [f"--workloads {','.join(self.workloads)}"] if self.workloads else []
+        parts += [f"--dtype {self.dtype}"] if self.dtype != "float32" else []
+        parts += ["--quick"] if self.quick else []
+        parts += ["--smoke"] if self.smoke else []
+        return " ".join(parts)
+
     def wanted(self, name):
         return self.workloads is None or name in self.workloads
 
@@ -481,7 +491,7 @@ def summarize(case, per_call, dtype, peak_flops) -> dict:
     }
     if case.suite == "train":
         result["batch_size"] = case.batch
-        result["rate_unit"] = "steps/s" if case.batch == len(case.X) else "samples/s"
+        result["rate_unit"] = "samples/s" if case.w.batch_size else "steps/s"
     else:
         result["rate_unit"] = "calls/s"
     result["rate"] = result["samples_per_s"] if result["rate_unit"] == "samples/s" else result["calls_per_s"]
@@ -573,8 +583,8 @@ def run(plan: Plan, progress=None) -> dict:
     return {
         "schema": SCHEMA,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "plan": {"suite": plan.suite, "quick": plan.quick, "smoke": plan.smoke, "dtype": plan.dtype,
-                 "repeats": plan.repeats, "min_round_s": plan.min_round_s},
+        "plan": {"command": plan.command(), "suite": plan.suite, "quick": plan.quick, "smoke": plan.smoke,
+                 "dtype": plan.dtype, "repeats": plan.repeats, "min_round_s": plan.min_round_s},
         "machine": machine_info(), "backends": versions,
         "warmup_s": {f"{b}/{d}": s for (b, d), s in _warmed.items() if b in runnable},
         "unavailable": {n: r for n, r in reasons.items() if r}, "errors": errors,
@@ -678,13 +688,41 @@ def plot(report, path):
     plt.close(fig)
 
 
+README_START, README_END = "<!-- bench-table:start -->", "<!-- bench-table:end -->"
+
+
+def update_readme(path, report):
+    """Replace the text between the bench-table markers of ``path`` with this run's table."""
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    start, end = text.find(README_START), text.find(README_END)
+    if start < 0 or end < start:
+        raise ValueError(f"--update-readme: {path} has no {README_START} ... {README_END} markers.")
+    env = {k: v for k, v in report["machine"]["env"].items() if k.startswith("OPENBLAS_")}
+    command = report["plan"]["command"]
+    block = (f"{README_START}\n`{command}` on {report['created'][:10]}, {report['machine']['cpu']} "
+             f"({report['machine']['cpu_count']} cores), OpenBLAS settings {env or 'none'}:\n\n"
+             f"```text\n{format_table(report)}\n```\n")
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text[:start] + block + text[end:])
+
+
 # ---------------------------------------------------------------------------- pytest-benchmark
 def pytest_benchmark(benchmark, case, smoke):
-    """Time ``case`` with pytest-benchmark: set up (untimed), record ``extra_info``, run rounds."""
+    """Time ``case`` with pytest-benchmark: set up (untimed), record ``extra_info``, run rounds.
+
+    pytest-benchmark's own figures are per round; ``extra_info`` holds the
+    calls (steps) per round and the median per call. Returns the calls per round.
+    """
     case.setup()
-    benchmark.extra_info.update(case.extra_info(case.dtype))
+    info = benchmark.extra_info
+    info.update(case.extra_info(case.dtype))
     number = 1 if smoke else calibrate(case, 0.05)
-    return benchmark.pedantic(case.run, args=(number,), rounds=1 if smoke else 7, iterations=1)
+    done = benchmark.pedantic(case.run, args=(number,), rounds=1 if smoke else 7, iterations=1)
+    info["calls_per_round"] = done
+    if benchmark.stats is not None:  # None when benchmarks are disabled
+        info["median_per_call_s"] = benchmark.stats.stats.median / done
+    return done
 
 
 # ---------------------------------------------------------------------------- command line
@@ -708,6 +746,7 @@ def add_parser(sub):
     p.add_argument("--json", metavar="PATH", help="write every figure, the machine and versions as JSON")
     p.add_argument("--plot", metavar="PATH", help="draw speed-up against problem size (needs matplotlib)")
     p.add_argument("--compare", metavar="OLD.json", help="show what changed since an earlier --json run")
+    p.add_argument("--update-readme", metavar="README", help="put the table between the bench-table markers")
     p.set_defaults(run=cmd_bench)
     return p
 
@@ -733,4 +772,6 @@ def cmd_bench(args) -> int:
             json.dump(report, f, indent=1)
     if args.plot:
         plot(report, args.plot)
+    if args.update_readme:
+        update_readme(args.update_readme, report)
     return 0

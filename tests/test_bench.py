@@ -153,3 +153,16 @@ def test_cli_rejects_unknown_workload():
     done = cli("--smoke", "--workloads", "spiral,nope")
     assert done.returncode == 2
     assert "--workloads: unknown nope" in done.stderr
+
+
+def test_update_readme_replaces_only_the_marked_section(report, tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# intro\n{bench.README_START}\nold table\n{bench.README_END}\nafter\n")
+    bench.update_readme(readme, report)
+    text = readme.read_text()
+    assert text.startswith("# intro\n") and text.endswith(f"{bench.README_END}\nafter\n")
+    assert "old table" not in text
+    assert bench.format_table(report) in text and report["plan"]["command"] in text
+    readme.write_text("no markers")
+    with pytest.raises(ValueError, match="bench-table"):
+        bench.update_readme(readme, report)
