@@ -17,6 +17,7 @@ Used by ``nnbackends bench`` (``add_parser``) and by ``benchmarks/`` (pytest-ben
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import functools
 import json
@@ -33,9 +34,9 @@ import numpy as np
 from . import datasets
 from .backends import get_backend, registered_backends, unavailable_reason
 from .layers import ACTIVATIONS, Activation, Dense, Param, ReLU, Softmax
-from .losses import CategoricalCrossentropy
 from .model import Model
 from .optimizers import OPTIMIZERS
+from .validation import check_positive_int
 
 TORCH = "torch"
 TORCH_INSTALL = 'pip install "nnbackends[peers]"'
@@ -165,6 +166,7 @@ class Case:
     workload: str
     size: str
     backend: str
+    dtype: str
     device = "cpu"
     samples_per_call: int | None = None
     cost = Cost()
@@ -184,9 +186,10 @@ class Case:
         """Do the work ``number`` times (at least); return how many times it was done."""
         raise NotImplementedError
 
-    def extra_info(self, dtype) -> dict:
-        return {"backend": self.backend, "dtype": dtype, "device": self.device, "flops": self.cost.flops,
-                "bytes": self.cost.bytes, "backend_warmup_s": _warmed.get((self.backend, dtype), 0.0),
+    def extra_info(self) -> dict:
+        """What pytest-benchmark records beside its timings."""
+        return {"backend": self.backend, "dtype": self.dtype, "device": self.device, "flops": self.cost.flops,
+                "bytes": self.cost.bytes, "backend_warmup_s": _warmed.get((self.backend, self.dtype), 0.0),
                 "first_call_s": self.first_call_s}
 
 
@@ -217,8 +220,8 @@ class TrainCase(Case):
 
     suite = "train"
 
-    def __init__(self, workload: Workload, backend_name, dtype, smoke=False):
-        self.w, self.dtype, self.smoke = workload, dtype, smoke
+    def __init__(self, workload: Workload, backend_name, dtype, smoke=False, threads=None):
+        self.w, self.dtype, self.smoke, self.threads = workload, dtype, smoke, threads
         self.workload, self.size, self.backend = workload.name, workload.size, backend_name
 
     def _load(self):
@@ -248,7 +251,7 @@ class TorchTrainCase(TrainCase):
         import torch
 
         self._load()
-        torch.set_num_threads(os.cpu_count() or 1)
+        torch.set_num_threads(self.threads or os.cpu_count() or 1)
         self.torch = torch
         reference = self.w.build("numpy", self.dtype)  # same seed: same initial weights
         self.cost = step_cost(reference, self.batch)
@@ -390,6 +393,7 @@ class Plan:
     dtype: str = "float32"
     quick: bool = False
     smoke: bool = False  # tiny sizes, one round: checks the suite runs, figures mean nothing
+    threads: int | None = None  # None: every library's default (as many as cores)
 
     @property
     def repeats(self):
@@ -410,6 +414,7 @@ class Plan:
         parts += [f"--dtype {self.dtype}"] if self.dtype != "float32" else []
         parts += ["--quick"] if self.quick else []
         parts += ["--smoke"] if self.smoke else []
+        parts += [f"--threads {self.threads}"] if self.threads else []
         return " ".join(parts)
 
     def wanted(self, name):
@@ -436,7 +441,8 @@ def make_groups(plan: Plan, runnable):
         for w in WORKLOADS.values():
             if plan.wanted(w.name):
                 groups.append((f"train {w.name}", [
-                    (TorchTrainCase if b == TORCH else TrainCase)(w, b, plan.dtype, plan.smoke) for b in runnable
+                    (TorchTrainCase if b == TORCH else TrainCase)(w, b, plan.dtype, plan.smoke, plan.threads)
+                    for b in runnable
                 ]))
     if plan.suite in ("kernels", "all"):
         sizes = ("tiny",) if plan.smoke else QUICK_SIZES if plan.quick else tuple(KERNEL_SIZES)
@@ -548,8 +554,37 @@ def _cpu_name() -> str:
         return platform.processor()
 
 
+@contextlib.contextmanager
+def thread_limit(threads):
+    """Limit the BLAS/OpenMP pools loaded so far and Numba's to ``threads`` (None: no limit).
+
+    PyTorch's pool is set by its cases. Busy shared machines give steadier
+    figures with one thread: a parallel region waits for its slowest thread.
+    """
+    if not threads:
+        yield
+        return
+    from threadpoolctl import threadpool_limits
+
+    numba = sys.modules.get("numba")
+    before = numba.get_num_threads() if numba else None
+    with threadpool_limits(limits=threads):
+        if numba:
+            numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+        try:
+            yield
+        finally:
+            if numba:
+                numba.set_num_threads(before)
+
+
 def run(plan: Plan, progress=None) -> dict:
     """Run ``plan``; returns the report (the JSON document) with every figure."""
+    with thread_limit(plan.threads):
+        return _run(plan, progress)
+
+
+def _run(plan, progress):
     say = progress or (lambda text: None)
     start = time.perf_counter()
     names = plan.backend_names()
@@ -584,7 +619,8 @@ def run(plan: Plan, progress=None) -> dict:
         "schema": SCHEMA,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "plan": {"command": plan.command(), "suite": plan.suite, "quick": plan.quick, "smoke": plan.smoke,
-                 "dtype": plan.dtype, "repeats": plan.repeats, "min_round_s": plan.min_round_s},
+                 "dtype": plan.dtype, "threads": plan.threads, "repeats": plan.repeats,
+                 "min_round_s": plan.min_round_s},
         "machine": machine_info(), "backends": versions,
         "warmup_s": {f"{b}/{d}": s for (b, d), s in _warmed.items() if b in runnable},
         "unavailable": {n: r for n, r in reasons.items() if r}, "errors": errors,
@@ -630,7 +666,8 @@ def format_table(report) -> str:
     peak = report["peak"]
     lines = [_table(header, rows), "",
              f"peak: {peak['gflops_per_s']:.1f} GFLOP/s float32 (NumPy {peak['sgemm_n']}² matmul, same run); "
-             f"dtype {report['plan']['dtype']}; {report['machine']['cpu_count']} cores; {report['created']}"]
+             f"dtype {report['plan']['dtype']}; {report['machine']['cpu_count']} cores, "
+             f"threads {report['plan']['threads'] or 'default'}; {report['created']}"]
     lines += [f"warm-up {key}: {format_seconds(s)}" for key, s in report["warmup_s"].items() if s > 1e-3]
     lines += [f"{name}: not available: {reason}" for name, reason in report["unavailable"].items()]
     lines += [f"{e['backend']} failed on {e['work']}: {e['error']}" for e in report["errors"]]
@@ -716,7 +753,7 @@ def pytest_benchmark(benchmark, case, smoke):
     """
     case.setup()
     info = benchmark.extra_info
-    info.update(case.extra_info(case.dtype))
+    info.update(case.extra_info())
     number = 1 if smoke else calibrate(case, 0.05)
     done = benchmark.pedantic(case.run, args=(number,), rounds=1 if smoke else 7, iterations=1)
     info["calls_per_round"] = done
@@ -743,6 +780,8 @@ def add_parser(sub):
     p.add_argument("--dtype", choices=("float32", "float64"), default="float32", help="float type")
     p.add_argument("--quick", action="store_true", help="fewer sizes and rounds (about a minute on two cores)")
     p.add_argument("--smoke", action="store_true", help="tiny sizes, one round: checks the suite runs")
+    p.add_argument("--threads", type=int, default=None,
+                   help="threads for BLAS, Numba and PyTorch (default: each library's own, as many as cores)")
     p.add_argument("--json", metavar="PATH", help="write every figure, the machine and versions as JSON")
     p.add_argument("--plot", metavar="PATH", help="draw speed-up against problem size (needs matplotlib)")
     p.add_argument("--compare", metavar="OLD.json", help="show what changed since an earlier --json run")
@@ -761,7 +800,9 @@ def cmd_bench(args) -> int:
     if unknown:
         raise ValueError(f"--workloads: unknown {', '.join(unknown)}; expected names from "
                          f"{', '.join([*WORKLOADS, *KERNEL_NAMES])}.")
-    plan = Plan(args.suite, _names(args.backends), workloads, args.dtype, args.quick, args.smoke)
+    if args.threads is not None:
+        check_positive_int("--threads", args.threads)
+    plan = Plan(args.suite, _names(args.backends), workloads, args.dtype, args.quick, args.smoke, args.threads)
     report = run(plan, progress=lambda text: print(text, file=sys.stderr, flush=True))
     print(format_table(report))
     if old is not None:

@@ -117,7 +117,7 @@ def test_step_cost_counts_matrix_products_exactly():
 def test_extra_info_for_pytest_benchmark():
     case = bench.KernelCase("dense_forward", "tiny", "numpy", "float64")
     case.setup()
-    info = case.extra_info("float64")
+    info = case.extra_info()
     assert info["backend"] == "numpy" and info["dtype"] == "float64" and info["device"] == "cpu"
     assert info["flops"] == 2 * 32 * 16 * 16 + 32 * 16
     assert info["bytes"] == 8 * (32 * 16 + 16 * 16 + 16 + 32 * 16)
@@ -166,3 +166,17 @@ def test_update_readme_replaces_only_the_marked_section(report, tmp_path):
     readme.write_text("no markers")
     with pytest.raises(ValueError, match="bench-table"):
         bench.update_readme(readme, report)
+
+
+def test_threads_limit_blas_during_the_run_only():
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+
+    def blas_threads():
+        return [p["num_threads"] for p in threadpoolctl.threadpool_info() if p["user_api"] == "blas"]
+
+    before = blas_threads()
+    with bench.thread_limit(1):
+        assert all(n == 1 for n in blas_threads())
+    assert blas_threads() == before
+    report = bench.run(bench.Plan(backends=["numpy"], workloads=["relu"], smoke=True, threads=1))
+    assert report["plan"]["threads"] == 1 and "--threads 1" in report["plan"]["command"]
