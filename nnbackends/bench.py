@@ -440,7 +440,7 @@ def make_groups(plan: Plan, runnable):
     if plan.suite in ("train", "all"):
         for w in WORKLOADS.values():
             if plan.wanted(w.name):
-                groups.append((f"train {w.name}", [
+                groups.append((f"train {w.name} ({w.description}, {w.size})", [
                     (TorchTrainCase if b == TORCH else TrainCase)(w, b, plan.dtype, plan.smoke, plan.threads)
                     for b in runnable
                 ]))
@@ -480,10 +480,10 @@ def measure(cases, repeats, min_round_s) -> dict:
     return times
 
 
-def summarize(case, per_call, dtype, peak_flops) -> dict:
+def summarize(case, per_call, dtype) -> dict:
+    """The figures of one case from its per-call times (``percent_peak`` comes later)."""
     median = statistics.median(per_call)
     q = statistics.quantiles(per_call, n=4) if len(per_call) > 1 else [median] * 3
-    flops_rate = case.cost.flops / median
     result = {
         "suite": case.suite, "workload": case.workload, "size": case.size, "backend": case.backend,
         "dtype": dtype, "device": case.device, "rounds": len(per_call),
@@ -491,8 +491,7 @@ def summarize(case, per_call, dtype, peak_flops) -> dict:
         "calls_per_s": 1.0 / median,
         "samples_per_s": case.samples_per_call / median if case.samples_per_call else None,
         "flops": case.cost.flops, "bytes": case.cost.bytes,
-        "gflops_per_s": flops_rate / 1e9, "gbytes_per_s": case.cost.bytes / median / 1e9,
-        "percent_peak": 100.0 * flops_rate / peak_flops,
+        "gflops_per_s": case.cost.flops / median / 1e9, "gbytes_per_s": case.cost.bytes / median / 1e9,
         "first_call_s": case.first_call_s,
     }
     if case.suite == "train":
@@ -504,12 +503,13 @@ def summarize(case, per_call, dtype, peak_flops) -> dict:
     return result
 
 
-def add_speedups(results):
-    """``speedup_vs_numpy`` and ``speedup_vs_torch`` from the rows of the same work."""
+def add_ratios(results, peak):
+    """``percent_peak``, ``speedup_vs_numpy`` and ``speedup_vs_torch`` (from the rows of the same work)."""
     by_work = {}
     for r in results:
         by_work.setdefault((r["suite"], r["workload"], r["size"]), {})[r["backend"]] = r["median_s"]
     for r in results:
+        r["percent_peak"] = 100.0 * r["gflops_per_s"] / peak["gflops_per_s"]
         peers = by_work[(r["suite"], r["workload"], r["size"])]
         for peer in ("numpy", TORCH):
             r[f"speedup_vs_{peer}"] = peers[peer] / r["median_s"] if peer in peers else None
@@ -519,7 +519,8 @@ def add_speedups(results):
 def measure_peak(quick=False, smoke=False) -> dict:
     """This machine's float32 square matrix-product rate through NumPy.
 
-    The fastest of several rounds: the machine's capability, which load can only lower.
+    The fastest of several rounds: the machine's capability, which load can only
+    lower. ``run`` measures it before and after the cases and keeps the faster.
     """
     n = 256 if smoke else 2048
     rng = np.random.default_rng(0)
@@ -598,7 +599,8 @@ def _run(plan, progress):
     runnable = [n for n in names if not reasons[n]]
     say("measuring this machine's float32 matrix-product rate ...")
     peak = measure_peak(plan.quick, plan.smoke)
-    say(f"peak: {peak['gflops_per_s']:.1f} GFLOP/s (NumPy sgemm {peak['sgemm_n']}x{peak['sgemm_n']})")
+    say(f"peak: {peak['gflops_per_s']:.1f} GFLOP/s (NumPy sgemm {peak['sgemm_n']}x{peak['sgemm_n']}); "
+        "measured again at the end")
     groups = make_groups(plan, runnable)
     results, errors = [], []
     for index, (title, cases) in enumerate(groups, 1):
@@ -613,7 +615,8 @@ def _run(plan, progress):
                 errors.append({"work": title, "backend": case.backend, "error": f"{type(exc).__name__}: {exc}"})
                 say(f"  {case.backend} failed: {type(exc).__name__}: {exc}")
         times = measure(ready, plan.repeats, plan.min_round_s)
-        results += [summarize(c, times[id(c)], plan.dtype, peak["gflops_per_s"] * 1e9) for c in ready]
+        results += [summarize(c, times[id(c)], plan.dtype) for c in ready]
+    peak = max(peak, measure_peak(plan.quick, plan.smoke), key=lambda p: p["gflops_per_s"])
     versions = {name: get_backend(name).describe() for name in runnable if name != TORCH}
     if TORCH in runnable:
         import torch
@@ -627,7 +630,7 @@ def _run(plan, progress):
         "machine": machine_info(), "backends": versions,
         "warmup_s": {f"{b}/{d}": s for (b, d), s in _warmed.items() if b in runnable},
         "unavailable": {n: r for n, r in reasons.items() if r}, "errors": errors,
-        "peak": peak, "results": add_speedups(results), "seconds": time.perf_counter() - start,
+        "peak": peak, "results": add_ratios(results, peak), "seconds": time.perf_counter() - start,
     }
 
 
