@@ -1,4 +1,4 @@
-"""pytest-benchmark suite over every registered backend (and the PyTorch peer for training).
+"""pytest-benchmark suite over every registered backend (and the PyTorch peers for training).
 
 ``pytest benchmarks/ --benchmark-only`` times every size. The normal test run
 (pyproject's ``--benchmark-disable``) runs each benchmark once at its tiny size,
@@ -25,7 +25,7 @@ def smoke(config) -> bool:
 
 
 def _backend_param(name):
-    return pytest.param(name, id=name, marks=[pytest.mark.gpu] if name == "cupy" else [])
+    return pytest.param(name, id=name, marks=[pytest.mark.gpu] if name in ("cupy", "torch-cuda") else [])
 
 
 def pytest_generate_tests(metafunc):
@@ -33,7 +33,7 @@ def pytest_generate_tests(metafunc):
         sizes = ["tiny"] if smoke(metafunc.config) else list(bench.KERNEL_SIZES)
         metafunc.parametrize("kernel_size", sizes)
     if "bench_backend" in metafunc.fixturenames:
-        names = registered_backends() + ([bench.TORCH] if "workload" in metafunc.fixturenames else [])
+        names = registered_backends() + (list(bench.PEERS) if "workload" in metafunc.fixturenames else [])
         metafunc.parametrize("bench_backend", [_backend_param(n) for n in names], indirect=True)
 
 

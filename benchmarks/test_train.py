@@ -8,7 +8,7 @@ from nnbackends import bench
 
 @pytest.mark.parametrize("workload", list(bench.WORKLOADS))
 def test_train(run_case, smoke_mode, workload, bench_backend):
-    case = (bench.TorchTrainCase if bench_backend == bench.TORCH else bench.TrainCase)(
+    case = (bench.TorchTrainCase if bench_backend in bench.PEERS else bench.TrainCase)(
         bench.WORKLOADS[workload], bench_backend, "float32", smoke=smoke_mode)
     steps = run_case(case)
     assert steps >= 1

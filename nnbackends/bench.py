@@ -39,6 +39,8 @@ from .optimizers import OPTIMIZERS
 from .validation import check_positive_int
 
 TORCH = "torch"
+#: PyTorch eager peers and the torch device each runs on.
+PEERS = {TORCH: "cpu", "torch-cuda": "cuda"}
 TORCH_INSTALL = 'pip install "nnbackends[peers]"'
 SCHEMA = 1
 
@@ -251,7 +253,9 @@ class TorchTrainCase(TrainCase):
         import torch
 
         self._load()
-        torch.set_num_threads(self.threads or os.cpu_count() or 1)
+        self.device = PEERS[self.backend]
+        if self.device == "cpu":
+            torch.set_num_threads(self.threads or os.cpu_count() or 1)
         self.torch = torch
         reference = self.w.build("numpy", self.dtype)  # same seed: same initial weights
         self.cost = step_cost(reference, self.batch)
@@ -263,7 +267,7 @@ class TorchTrainCase(TrainCase):
                 linear.weight.copy_(torch.from_numpy(weights[i].T.copy()))
                 linear.bias.copy_(torch.from_numpy(weights[i + 1]))
             modules += [linear, torch.nn.ReLU()]
-        self.net = torch.nn.Sequential(*modules[:-1]).to(getattr(torch, self.dtype))
+        self.net = torch.nn.Sequential(*modules[:-1]).to(self.device, getattr(torch, self.dtype))
         args = dict(self.w.optimizer_args)
         self.lr, self.decay = args.pop("learning_rate"), args.pop("decay", 0.0)
         if self.w.optimizer == "adam":
@@ -271,8 +275,8 @@ class TorchTrainCase(TrainCase):
         else:
             self.opt = torch.optim.SGD(self.net.parameters(), lr=self.lr, **args)
         self.iterations = 0
-        self.xt = torch.from_numpy(self.X.astype(self.dtype, copy=False))
-        self.yt = torch.from_numpy(self.y.astype(np.int64))
+        self.xt = torch.from_numpy(self.X.astype(self.dtype, copy=False)).to(self.device)
+        self.yt = torch.from_numpy(self.y.astype(np.int64)).to(self.device)
 
     def run(self, number):
         torch, b = self.torch, self.batch
@@ -292,7 +296,7 @@ class TorchTrainCase(TrainCase):
                 weight = b / rows
                 loss_sum = loss_sum + loss.detach() * weight
                 acc_sum = acc_sum + (logits.detach().argmax(1) == yb).to(logits.dtype).mean() * weight
-            self.last_loss = float(loss_sum)
+            self.last_loss = float(loss_sum)  # waits for the device, as the trainer's report does
             float(acc_sum)  # the trainer reports accuracy too
         return epochs * (rows // b)
 
@@ -401,10 +405,10 @@ class Plan:
 
     @property
     def min_round_s(self):
-        return 0.0 if self.smoke else 0.03 if self.quick else 0.2
+        return 0.0 if self.smoke else 0.03 if self.quick else 0.1
 
     def backend_names(self):
-        return list(self.backends) if self.backends else [*registered_backends(), TORCH]
+        return list(self.backends) if self.backends else [*registered_backends(), *PEERS]
 
     def command(self) -> str:
         """The ``nnbackends bench`` command line that runs this plan."""
@@ -421,17 +425,20 @@ class Plan:
         return self.workloads is None or name in self.workloads
 
 
-def torch_unavailable_reason() -> str | None:
+def torch_unavailable_reason(peer=TORCH) -> str | None:
+    """None when the PyTorch ``peer`` can run here, else why not."""
     try:
-        import torch  # noqa: F401
+        import torch
     except ImportError as exc:
         return f"PyTorch (the peer) cannot be imported: {exc}. Install it with: {TORCH_INSTALL}"
+    if PEERS[peer] == "cuda" and not torch.cuda.is_available():
+        return "PyTorch finds no usable CUDA device here (torch.cuda.is_available() is False)."
     return None
 
 
 def availability(names) -> dict[str, str | None]:
     """Each name -> None when it can run here, else why not."""
-    return {n: torch_unavailable_reason() if n == TORCH else unavailable_reason(n) for n in names}
+    return {n: torch_unavailable_reason(n) if n in PEERS else unavailable_reason(n) for n in names}
 
 
 def make_groups(plan: Plan, runnable):
@@ -441,7 +448,7 @@ def make_groups(plan: Plan, runnable):
         for w in WORKLOADS.values():
             if plan.wanted(w.name):
                 groups.append((f"train {w.name} ({w.description}, {w.size})", [
-                    (TorchTrainCase if b == TORCH else TrainCase)(w, b, plan.dtype, plan.smoke, plan.threads)
+                    (TorchTrainCase if b in PEERS else TrainCase)(w, b, plan.dtype, plan.smoke, plan.threads)
                     for b in runnable
                 ]))
     if plan.suite in ("kernels", "all"):
@@ -450,7 +457,7 @@ def make_groups(plan: Plan, runnable):
             if plan.wanted(kernel):
                 for size in sizes:
                     groups.append((f"kernel {kernel} {size}", [
-                        KernelCase(kernel, size, b, plan.dtype) for b in runnable if b != TORCH
+                        KernelCase(kernel, size, b, plan.dtype) for b in runnable if b not in PEERS
                     ]))
     return groups
 
@@ -504,15 +511,20 @@ def summarize(case, per_call, dtype) -> dict:
 
 
 def add_ratios(results, peak):
-    """``percent_peak``, ``speedup_vs_numpy`` and ``speedup_vs_torch`` (from the rows of the same work)."""
+    """``percent_peak``, ``speedup_vs_numpy`` and ``speedup_vs_torch`` (from the rows of the same work).
+
+    ``speedup_vs_torch`` compares with the PyTorch peer on the same kind of device
+    (``torch_peer``: ``torch`` for CPU rows, ``torch-cuda`` for the others).
+    """
     by_work = {}
     for r in results:
         by_work.setdefault((r["suite"], r["workload"], r["size"]), {})[r["backend"]] = r["median_s"]
     for r in results:
         r["percent_peak"] = 100.0 * r["gflops_per_s"] / peak["gflops_per_s"]
         peers = by_work[(r["suite"], r["workload"], r["size"])]
-        for peer in ("numpy", TORCH):
-            r[f"speedup_vs_{peer}"] = peers[peer] / r["median_s"] if peer in peers else None
+        r["torch_peer"] = TORCH if r["device"] == "cpu" else "torch-cuda"
+        for key, peer in (("numpy", "numpy"), ("torch", r["torch_peer"])):
+            r[f"speedup_vs_{key}"] = peers[peer] / r["median_s"] if peer in peers else None
     return results
 
 
@@ -617,10 +629,11 @@ def _run(plan, progress):
         times = measure(ready, plan.repeats, plan.min_round_s)
         results += [summarize(c, times[id(c)], plan.dtype) for c in ready]
     peak = max(peak, measure_peak(plan.quick, plan.smoke), key=lambda p: p["gflops_per_s"])
-    versions = {name: get_backend(name).describe() for name in runnable if name != TORCH}
-    if TORCH in runnable:
-        import torch
-        versions[TORCH] = {"torch": torch.__version__, "threads": torch.get_num_threads()}
+    versions = {name: get_backend(name).describe() for name in runnable if name not in PEERS}
+    for peer in PEERS:
+        if peer in runnable:
+            import torch
+            versions[peer] = {"torch": torch.__version__, "threads": torch.get_num_threads(), "device": PEERS[peer]}
     return {
         "schema": SCHEMA,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -780,7 +793,8 @@ def add_parser(sub):
                        description=__doc__.split("\n\n")[1])
     p.add_argument("--suite", choices=("kernels", "train", "all"), default="all", help="what to time")
     p.add_argument("--backends", default=None,
-                   help=f"comma-separated backends, '{TORCH}' for the PyTorch peer (default: all registered + torch)")
+                   help="comma-separated backends; 'torch' and 'torch-cuda' for the PyTorch eager peers "
+                        "(default: every registered backend and both peers)")
     p.add_argument("--workloads", default=None,
                    help=f"comma-separated subset of: {', '.join([*WORKLOADS, *KERNEL_NAMES])}")
     p.add_argument("--dtype", choices=("float32", "float64"), default="float32", help="float type")

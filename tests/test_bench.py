@@ -18,7 +18,7 @@ WORK = ["spiral", "mnist-shaped", "dense_forward", "adam_update"]
 
 
 def expected_backends():
-    return available_backends() + ([bench.TORCH] if bench.torch_unavailable_reason() is None else [])
+    return available_backends() + [p for p in bench.PEERS if bench.torch_unavailable_reason(p) is None]
 
 
 @pytest.fixture(scope="module")
@@ -33,8 +33,8 @@ def rows(report, **match):
 def test_report_has_every_figure_for_every_available_backend_and_workload(report):
     for work in WORK:
         for backend in expected_backends():
-            if backend == bench.TORCH and work not in bench.WORKLOADS:
-                continue  # the peer runs the training workloads only
+            if backend in bench.PEERS and work not in bench.WORKLOADS:
+                continue  # the peers run the training workloads only
             found = rows(report, workload=work, backend=backend)
             assert found, f"no result for {work} on {backend}"
             for r in found:
@@ -60,13 +60,15 @@ def test_speedups_are_ratios_of_medians_of_the_same_work(report):
     for r in report["results"]:
         numpy_row = rows(report, suite=r["suite"], workload=r["workload"], size=r["size"], backend="numpy")[0]
         assert r["speedup_vs_numpy"] == pytest.approx(numpy_row["median_s"] / r["median_s"])
-        torch_rows = rows(report, suite=r["suite"], workload=r["workload"], size=r["size"], backend=bench.TORCH)
+        torch_rows = rows(report, suite=r["suite"], workload=r["workload"], size=r["size"], backend=r["torch_peer"])
         assert r["speedup_vs_torch"] == (pytest.approx(torch_rows[0]["median_s"] / r["median_s"]) if torch_rows else None)
 
 
 def test_unavailable_backends_are_listed_with_their_reason(report):
     for name in registered_backends():
         assert report["unavailable"].get(name) == unavailable_reason(name)
+    for peer in bench.PEERS:
+        assert report["unavailable"].get(peer) == bench.torch_unavailable_reason(peer)
     table = bench.format_table(report)
     for name, reason in report["unavailable"].items():
         assert f"{name}: not available: {reason}" in table
