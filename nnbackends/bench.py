@@ -1,7 +1,7 @@
 """Benchmarks: named workloads and kernels timed on every backend side by side.
 
 A *case* is one piece of work (a training workload or a kernel at a size) on
-one backend (or on the PyTorch peer, ``"torch"``). Cases of the same work are
+one backend (or on a PyTorch eager peer, ``"torch"`` or ``"torch-cuda"``). Cases of the same work are
 set up first (``backend.warmup()``, then a first untimed call, both timed and
 reported apart), then timed in interleaved rounds, so a change in the load of
 the machine hits every backend alike. Each figure is the median over rounds of
