@@ -1,4 +1,4 @@
-"""Command line: ``nnbackends train | eval | predict | info`` (a thin layer over the Python API).
+"""Command line: ``nnbackends train | eval | predict | info | bench`` (a thin layer over the Python API).
 
 Bad arguments end in one line on stderr and exit code 2, never a traceback.
 """
@@ -12,7 +12,7 @@ import time
 
 import numpy as np
 
-from . import data_files, datasets
+from . import bench, data_files, datasets
 from .backends import ENV_VAR, resolve_backend
 from .errors import BackendUnavailableError, ModelFileError, TrainingDivergedError
 from .layers import ACTIVATIONS, Dense, Dropout, Linear, Softmax, activation
@@ -394,6 +394,7 @@ def make_parser() -> argparse.ArgumentParser:
     add_eval_parser(sub)
     add_predict_parser(sub)
     add_info_parser(sub)
+    bench.add_parser(sub)
     return parser
 
 

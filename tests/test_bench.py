@@ -1,0 +1,184 @@
+"""The benchmark suite's own logic: figures in the report, table, comparison, cost model, CLI."""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from nnbackends import bench
+from nnbackends.backends import available_backends, registered_backends, unavailable_reason
+
+ROOT = Path(__file__).resolve().parents[1]
+WORK = ["spiral", "mnist-shaped", "dense_forward", "adam_update"]
+
+
+def expected_backends():
+    return available_backends() + [p for p in bench.PEERS if bench.torch_unavailable_reason(p) is None]
+
+
+@pytest.fixture(scope="module")
+def report():
+    return bench.run(bench.Plan(workloads=WORK, smoke=True))
+
+
+def rows(report, **match):
+    return [r for r in report["results"] if all(r[k] == v for k, v in match.items())]
+
+
+def test_report_has_every_figure_for_every_available_backend_and_workload(report):
+    for work in WORK:
+        for backend in expected_backends():
+            if backend in bench.PEERS and work not in bench.WORKLOADS:
+                continue  # the peers run the training workloads only
+            found = rows(report, workload=work, backend=backend)
+            assert found, f"no result for {work} on {backend}"
+            for r in found:
+                for key in ("median_s", "rate", "flops", "percent_peak", "gflops_per_s"):
+                    assert math.isfinite(r[key]) and r[key] > 0, (work, backend, key, r[key])
+    json.loads(json.dumps(report))  # every figure is plain JSON
+    assert report["peak"]["gflops_per_s"] > 0
+    assert report["machine"]["cpu_count"] >= 1
+
+
+def test_rates_follow_from_the_median(report):
+    for r in report["results"]:
+        per_second = r["samples_per_s"] if r["rate_unit"] == "samples/s" else r["calls_per_s"]
+        assert r["rate"] == pytest.approx(per_second)
+        assert r["calls_per_s"] == pytest.approx(1 / r["median_s"])
+        assert r["percent_peak"] == pytest.approx(100 * r["flops"] / r["median_s"] / (report["peak"]["gflops_per_s"] * 1e9))
+    mnist = rows(report, workload="mnist-shaped", backend="numpy")[0]
+    assert mnist["rate_unit"] == "samples/s" and mnist["samples_per_s"] == pytest.approx(128 / mnist["median_s"])
+    assert rows(report, workload="spiral", backend="numpy")[0]["rate_unit"] == "steps/s"
+
+
+def test_speedups_are_ratios_of_medians_of_the_same_work(report):
+    for r in report["results"]:
+        numpy_row = rows(report, suite=r["suite"], workload=r["workload"], size=r["size"], backend="numpy")[0]
+        assert r["speedup_vs_numpy"] == pytest.approx(numpy_row["median_s"] / r["median_s"])
+        torch_rows = rows(report, suite=r["suite"], workload=r["workload"], size=r["size"], backend=r["torch_peer"])
+        assert r["speedup_vs_torch"] == (pytest.approx(torch_rows[0]["median_s"] / r["median_s"]) if torch_rows else None)
+
+
+def test_unavailable_backends_are_listed_with_their_reason(report):
+    for name in registered_backends():
+        assert report["unavailable"].get(name) == unavailable_reason(name)
+    for peer in bench.PEERS:
+        assert report["unavailable"].get(peer) == bench.torch_unavailable_reason(peer)
+    table = bench.format_table(report)
+    for name, reason in report["unavailable"].items():
+        assert f"{name}: not available: {reason}" in table
+
+
+def test_unknown_backend_gets_a_clear_line_and_the_rest_still_runs():
+    lines = []
+    report = bench.run(bench.Plan(suite="kernels", backends=["numpy", "nosuch"], workloads=["relu"], smoke=True),
+                       progress=lines.append)
+    assert any(line.startswith("nosuch: not available: Unknown backend 'nosuch'") for line in lines)
+    assert [r["backend"] for r in report["results"]] == ["numpy"]
+    assert any(line.startswith("[1/1] kernel relu tiny") for line in lines)
+
+
+def test_table_shows_every_row(report):
+    table = bench.format_table(report).splitlines()
+    assert table[0].split()[:4] == ["suite", "work", "size", "backend"]
+    for r in report["results"]:
+        assert any(r["workload"] in line and r["backend"] in line and bench.format_seconds(r["median_s"]) in line
+                   for line in table), r
+
+
+def test_compare_reports_ratio_and_missing_rows(report):
+    old = copy.deepcopy(report)
+    old["results"][0]["median_s"] = report["results"][0]["median_s"] * 2
+    gone = old["results"][1]
+    new = copy.deepcopy(report)
+    new["results"].remove(next(r for r in new["results"] if bench._key(r) == bench._key(gone)))
+    text = bench.compare(old, new)
+    first = report["results"][0]
+    line = next(l for l in text.splitlines() if l.split()[:2] == [first["suite"], first["workload"]])
+    assert "2.00x faster" in line
+    assert f"only in the old run: {gone['suite']} {gone['workload']} {gone['size']} {gone['backend']}" in text
+
+
+def test_step_cost_counts_matrix_products_exactly():
+    model = bench.WORKLOADS["spiral"].build("numpy", "float32")
+    n = 300
+    matmul = 2 * n * 2 * 64 + 2 * n * 64 * 3  # forward
+    matmul += 2 * n * 2 * 64 + 2 * (2 * n * 64 * 3)  # backward: no dx for the first layer
+    bias = 2 * (n * 64 + n * 3)  # bias add forward, db backward
+    relu = bench.ELEMENTWISE["relu"][0] * n * 64
+    head = bench.ELEMENTWISE["softmax_cce"][0] * n * 3 + n * 3
+    adam = bench.UPDATES["adam"][0] * (2 * 64 + 64 + 64 * 3 + 3)
+    assert bench.step_cost(model, n).flops == matmul + bias + relu + head + adam
+
+
+def test_extra_info_for_pytest_benchmark():
+    case = bench.KernelCase("dense_forward", "tiny", "numpy", "float64")
+    case.setup()
+    info = case.extra_info()
+    assert info["backend"] == "numpy" and info["dtype"] == "float64" and info["device"] == "cpu"
+    assert info["flops"] == 2 * 32 * 16 * 16 + 32 * 16
+    assert info["bytes"] == 8 * (32 * 16 + 16 * 16 + 16 + 32 * 16)
+    assert info["first_call_s"] > 0 and "backend_warmup_s" in info
+
+
+def test_float64_runs_are_labelled():
+    report = bench.run(bench.Plan(backends=["numpy"], workloads=["spiral"], dtype="float64", smoke=True))
+    assert [(r["workload"], r["dtype"]) for r in report["results"]] == [("spiral", "float64")]
+
+
+def cli(*args):
+    return subprocess.run([sys.executable, "-m", "nnbackends", "bench", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_cli_json_compare_and_plot(tmp_path):
+    first, second, png = tmp_path / "a.json", tmp_path / "b.json", tmp_path / "speedup.png"
+    common = ["--smoke", "--suite", "kernels", "--workloads", "relu,dense_forward", "--backends", "numpy,nosuch"]
+    done = cli(*common, "--json", str(first))
+    assert done.returncode == 0, done.stderr
+    assert "nosuch: not available" in done.stderr and "[2/2] kernel relu tiny: numpy" in done.stderr
+    assert done.stdout.splitlines()[0].split()[:4] == ["suite", "work", "size", "backend"]
+    done = cli(*common, "--json", str(second), "--compare", str(first), "--plot", str(png))
+    assert done.returncode == 0, done.stderr
+    assert "compared with the run of" in done.stdout
+    data = json.loads(second.read_text())
+    assert {(r["workload"], r["backend"]) for r in data["results"]} == {("relu", "numpy"), ("dense_forward", "numpy")}
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_cli_rejects_unknown_workload():
+    done = cli("--smoke", "--workloads", "spiral,nope")
+    assert done.returncode == 2
+    assert "--workloads: unknown nope" in done.stderr
+
+
+def test_update_readme_replaces_only_the_marked_section(report, tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# intro\n{bench.README_START}\nold table\n{bench.README_END}\nafter\n")
+    bench.update_readme(readme, report)
+    text = readme.read_text()
+    assert text.startswith("# intro\n") and text.endswith(f"{bench.README_END}\nafter\n")
+    assert "old table" not in text
+    assert bench.format_table(report) in text and report["plan"]["command"] in text
+    readme.write_text("no markers")
+    with pytest.raises(ValueError, match="bench-table"):
+        bench.update_readme(readme, report)
+
+
+def test_threads_limit_blas_during_the_run_only():
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+
+    def blas_threads():
+        return [p["num_threads"] for p in threadpoolctl.threadpool_info() if p["user_api"] == "blas"]
+
+    before = blas_threads()
+    with bench.thread_limit(1):
+        assert all(n == 1 for n in blas_threads())
+    assert blas_threads() == before
+    report = bench.run(bench.Plan(backends=["numpy"], workloads=["relu"], smoke=True, threads=1))
+    assert report["plan"]["threads"] == 1 and "--threads 1" in report["plan"]["command"]
