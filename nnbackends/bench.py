@@ -16,7 +16,6 @@ Used by ``nnbackends bench`` (``add_parser``) and by ``benchmarks/`` (pytest-ben
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import datetime
 import functools
@@ -789,23 +788,22 @@ def _names(text):
 def add_parser(sub):
     """Add ``bench`` to the subcommands of ``nnbackends``."""
     p = sub.add_parser("bench", help="time every backend on the same workloads and kernels",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                        description=__doc__.split("\n\n")[1])
-    p.add_argument("--suite", choices=("kernels", "train", "all"), default="all", help="what to time")
+    p.add_argument("--suite", choices=("kernels", "train", "all"), default="all", help="what to time (default: all)")
     p.add_argument("--backends", default=None,
                    help="comma-separated backends; 'torch' and 'torch-cuda' for the PyTorch eager peers "
                         "(default: every registered backend and both peers)")
     p.add_argument("--workloads", default=None,
-                   help=f"comma-separated subset of: {', '.join([*WORKLOADS, *KERNEL_NAMES])}")
-    p.add_argument("--dtype", choices=("float32", "float64"), default="float32", help="float type")
-    p.add_argument("--quick", action="store_true", help="fewer sizes and rounds (about a minute on two cores)")
-    p.add_argument("--smoke", action="store_true", help="tiny sizes, one round: checks the suite runs")
+                   help=f"comma-separated subset of: {', '.join([*WORKLOADS, *KERNEL_NAMES])} (default: all of them)")
+    p.add_argument("--dtype", choices=("float32", "float64"), default="float32", help="float type (default: float32)")
+    p.add_argument("--quick", action="store_true", help="fewer sizes and rounds, about a minute on two cores (default: off)")
+    p.add_argument("--smoke", action="store_true", help="tiny sizes, one round: checks the suite runs (default: off)")
     p.add_argument("--threads", type=int, default=None,
                    help="threads for BLAS, Numba and PyTorch (default: each library's own, as many as cores)")
-    p.add_argument("--json", metavar="PATH", help="write every figure, the machine and versions as JSON")
-    p.add_argument("--plot", metavar="PATH", help="draw speed-up against problem size (needs matplotlib)")
-    p.add_argument("--compare", metavar="OLD.json", help="show what changed since an earlier --json run")
-    p.add_argument("--update-readme", metavar="README", help="put the table between the bench-table markers")
+    p.add_argument("--json", metavar="PATH", help="write every figure, the machine and versions as JSON (default: no file)")
+    p.add_argument("--plot", metavar="PATH", help="draw speed-up against problem size, needs matplotlib (default: no plot)")
+    p.add_argument("--compare", metavar="OLD.json", help="show what changed since an earlier --json run (default: no comparison)")
+    p.add_argument("--update-readme", metavar="README", help="put the table between the bench-table markers of this file (default: no file)")
     p.set_defaults(run=cmd_bench)
     return p
 

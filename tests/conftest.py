@@ -16,6 +16,8 @@ import pytest
 from nnbackends.backends import get_backend, register_backend, registered_backends, unavailable_reason
 from nnbackends.backends.cupy_backend import CupyArrayCode
 
+#: The backends the package itself registers (what a CLI subprocess sees).
+PACKAGE_BACKENDS = registered_backends()
 register_backend(CupyArrayCode.name, CupyArrayCode)
 
 #: Relative tolerance of each dtype against the float64 NumPy reference.
@@ -26,12 +28,15 @@ def backend_param(name):
     return pytest.param(name, id=name, marks=[pytest.mark.gpu] if name == "cupy" else [])
 
 
-@pytest.fixture(params=[backend_param(n) for n in registered_backends()])
-def backend(request):
+def _runnable_backend(request):
     reason = unavailable_reason(request.param)
     if reason:
         pytest.skip(reason)
     return get_backend(request.param)
+
+
+backend = pytest.fixture(params=[backend_param(n) for n in registered_backends()])(_runnable_backend)
+package_backend = pytest.fixture(params=[backend_param(n) for n in PACKAGE_BACKENDS])(_runnable_backend)
 
 
 @pytest.fixture(params=["float32", "float64"])
