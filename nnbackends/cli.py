@@ -12,7 +12,7 @@ import time
 
 import numpy as np
 
-from . import bench, data_files, datasets
+from . import bench, data_files, datasets, io
 from .backends import ENV_VAR, resolve_backend
 from .errors import BackendUnavailableError, ModelFileError, TrainingDivergedError
 from .layers import ACTIVATIONS, Dense, Dropout, Linear, Softmax, activation
@@ -187,6 +187,8 @@ def format_metrics(metrics: dict) -> str:
 
 # ---------------------------------------------------------------------- commands
 def cmd_train(args) -> int:
+    if args.save:
+        io.check_save_folder(args.save)  # fail now, not after a long run
     X, y, source = load_data(args)
     preset = PRESETS[source]
     keys = PRESET_KEYS

@@ -198,6 +198,10 @@ CLI_CASES = {
     "--activation swish": ["activation", "swish", "relu"],
     "--backend tpu": ["backend", "tpu", "numpy"],
     "--seed -1": ["seed", "-1"],
+    "--epochs abc": ["epochs", "abc"],
+    "--dtype float16": ["dtype", "float16", "float32"],
+    "--optimizer lbfgs": ["optimizer", "lbfgs", "adam"],
+    "--save no-such-folder/model.safetensors": ["no-such-folder", "does not exist"],
 }
 
 
