@@ -217,7 +217,9 @@ class ArrayBackend(Backend):
 
     def cce_loss(self, p, y):
         """Categorical cross-entropy of probabilities p (n, k), clipped to [1e-7, 1-1e-7]."""
-        picked = self._true_class_probability(self.xp.clip(p, CLIP, 1 - CLIP), y)
+        # Clipping commutes with picking the true class (labels or exact one-hot rows),
+        # so only the n picked values are clipped.
+        picked = self.xp.clip(self._true_class_probability(p, y), CLIP, 1 - CLIP)
         return -self.xp.log(picked).mean()
 
     def _one_hot(self, y, k, dtype):
