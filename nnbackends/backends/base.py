@@ -230,9 +230,13 @@ class ArrayBackend(Backend):
         return out
 
     def cce_backward(self, p, y):
-        """Gradient of ``cce_loss`` (the clipping treated as the identity, as in nnfs)."""
+        """Gradient of ``cce_loss`` (the clipping treated as the identity, as in nnfs).
+
+        Probabilities below the clip value divide as the clip value, so a
+        probability of exactly 0 gives a finite gradient instead of -inf or NaN.
+        """
         n = p.shape[0]
-        return -self._one_hot(y, p.shape[1], p.dtype) / (p * n)
+        return -self._one_hot(y, p.shape[1], p.dtype) / (self.xp.maximum(p, p.dtype.type(CLIP)) * n)
 
     def softmax_cce_backward(self, p, y):
         """Gradient of cce_loss(softmax(z)) with respect to the logits z, given p = softmax(z)."""
