@@ -269,3 +269,19 @@ def test_model_backward_gradient(backend, name):
 
     model.backward(model.forward(x, training=True), y)
     check_params(backend, model.params(), objective)
+
+
+def test_saturated_inputs_give_finite_values_without_warnings(backend, dtype):
+    """Logits of magnitude 1e4 and probabilities of exactly 0 or 1 neither warn nor give NaN or Inf."""
+    z = backend.asarray(np.array([[1e4, -1e4, 0.0], [-1e4, -1e4, 1e4]]), dtype)
+    labels = backend.asarray(np.array([1, 0]))
+    binary = backend.asarray(np.array([[0.0, 1.0, 0.0], [1.0, 1.0, 0.0]]), dtype)
+    with np.errstate(over="raise", divide="raise", invalid="raise"):  # underflow to 0 is expected
+        p = backend.softmax_forward(z)
+        s = backend.sigmoid_forward(z)
+        results = [p, s, backend.cce_loss(p, labels), backend.cce_backward(p, labels),
+                   backend.softmax_cce_backward(p, labels), backend.bce_loss(s, binary),
+                   backend.bce_backward(s, binary), backend.softmax_backward(p, backend.cce_backward(p, labels))]
+    for i, r in enumerate(results):
+        assert np.isfinite(backend.to_numpy(r)).all(), f"result {i} is not finite"
+    np.testing.assert_allclose(backend.to_float(backend.cce_loss(p, labels)), -np.log(1e-7), rtol=1e-5)
