@@ -285,3 +285,34 @@ def test_saturated_inputs_give_finite_values_without_warnings(backend, dtype):
     for i, r in enumerate(results):
         assert np.isfinite(backend.to_numpy(r)).all(), f"result {i} is not finite"
     np.testing.assert_allclose(backend.to_float(backend.cce_loss(p, labels)), -np.log(1e-7), rtol=1e-5)
+
+
+TORCH_ACTIVATIONS = {"relu": ReLU, "leaky_relu": lambda: LeakyReLU(0.1), "sigmoid": Sigmoid, "tanh": Tanh}
+
+
+@pytest.mark.parametrize("act", list(TORCH_ACTIVATIONS))
+def test_model_gradients_match_torch_autograd(backend, act):
+    """Model.backward against PyTorch autograd of the same network, loss and L1/L2 penalties."""
+    torch = pytest.importorskip("torch", reason="PyTorch is not installed; the autograd comparison needs it")
+    functional = {"relu": torch.relu, "leaky_relu": lambda t: torch.nn.functional.leaky_relu(t, 0.1),
+                  "sigmoid": torch.sigmoid, "tanh": torch.tanh}[act]
+    rng = np.random.default_rng(10)
+    model = Model(backend=backend, seed=2, dtype=DTYPE)
+    model.add(Dense(4, 6, weight_regularizer_l1=0.01, weight_regularizer_l2=0.02, bias_regularizer_l2=0.03))
+    model.add(TORCH_ACTIVATIONS[act]())
+    model.add(Dense(6, 3, bias_regularizer_l1=0.04))
+    model.add(Softmax())
+    model.compile(loss="categorical_crossentropy", optimizer="sgd")
+    for p in model.params():
+        p.value[...] = backend.asarray(away_from_zero(rng.standard_normal(p.value.shape) * 0.5), DTYPE)
+    x, labels = rng.standard_normal((8, 4)), rng.integers(0, 3, 8)
+    model.backward(model.forward(backend.asarray(x, DTYPE), training=True), backend.asarray(labels))
+
+    tensors = [torch.tensor(w, requires_grad=True) for w in model.get_weights()]
+    W1, b1, W2, b2 = tensors
+    logits = functional(torch.tensor(x) @ W1 + b1) @ W2 + b2
+    loss = torch.nn.functional.cross_entropy(logits, torch.tensor(labels))
+    loss = loss + 0.01 * W1.abs().sum() + 0.02 * (W1 ** 2).sum() + 0.03 * (b1 ** 2).sum() + 0.04 * b2.abs().sum()
+    loss.backward()
+    for p, t in zip(model.params(), tensors, strict=True):
+        np.testing.assert_allclose(backend.to_numpy(p.grad), t.grad.numpy(), rtol=1e-10, atol=1e-12, err_msg=p.name)
