@@ -76,7 +76,11 @@ def classification_data(samples, features, classes, seed=0, dtype=np.float32):
 
 
 def train_test_split(X, y, test_size=0.25, seed=0, shuffle=True):
-    """Split into ``X_train, X_test, y_train, y_test`` with ``test_size`` of the rows held out."""
+    """Split into ``X_train, X_test, y_train, y_test`` with ``test_size`` of the rows held out.
+
+    Without ``shuffle`` the test part is the last rows (as in scikit-learn), so
+    ordered data such as a time series is tested on its end.
+    """
     X, y = np.asarray(X), np.asarray(y)
     if len(X) != len(y):
         raise ValueError(f"X and y have different lengths: {len(X)} and {len(y)}.")
@@ -87,5 +91,5 @@ def train_test_split(X, y, test_size=0.25, seed=0, shuffle=True):
         raise ValueError(f"test_size={test_size} leaves {n_test} of {len(X)} samples for testing; "
                          "both parts need at least one.")
     order = np.random.default_rng(seed).permutation(len(X)) if shuffle else np.arange(len(X))
-    test, train = order[:n_test], order[n_test:]
+    train, test = order[:len(X) - n_test], order[len(X) - n_test:]
     return X[train], X[test], y[train], y[test]

@@ -217,7 +217,9 @@ class ArrayBackend(Backend):
 
     def cce_loss(self, p, y):
         """Categorical cross-entropy of probabilities p (n, k), clipped to [1e-7, 1-1e-7]."""
-        picked = self._true_class_probability(self.xp.clip(p, CLIP, 1 - CLIP), y)
+        # Clipping commutes with picking the true class (labels or exact one-hot rows),
+        # so only the n picked values are clipped.
+        picked = self.xp.clip(self._true_class_probability(p, y), CLIP, 1 - CLIP)
         return -self.xp.log(picked).mean()
 
     def _one_hot(self, y, k, dtype):
@@ -228,7 +230,11 @@ class ArrayBackend(Backend):
         return out
 
     def cce_backward(self, p, y):
-        """Gradient of ``cce_loss``: ``-y / (max(p, 1e-7) * n)`` (nnfs's, kept finite where p is exactly 0)."""
+        """Gradient of ``cce_loss`` (the clipping treated as the identity, as in nnfs).
+
+        Probabilities below the clip value divide as the clip value, so a
+        probability of exactly 0 gives a finite gradient instead of -inf or NaN.
+        """
         n = p.shape[0]
         return -self._one_hot(y, p.shape[1], p.dtype) / (self.xp.maximum(p, p.dtype.type(CLIP)) * n)
 
