@@ -22,7 +22,7 @@ from .optimizers import OPTIMIZERS
 #: Per-dataset defaults for the options a user leaves out; "file" is for --data.
 PRESETS = {
     "spiral": dict(hidden="64", optimizer="adam", learning_rate=0.05, decay=5e-7, epochs=10_000),
-    "vertical": dict(hidden="64", optimizer="adam", learning_rate=0.05, decay=5e-7, epochs=1_000),
+    "vertical": dict(hidden="128,128", optimizer="adam", learning_rate=0.005, decay=0.0, epochs=5_000),
     "sine": dict(hidden="64,64", optimizer="adam", learning_rate=0.005, decay=1e-3, epochs=3_000),
     "digits": dict(hidden="128", optimizer="adam", learning_rate=0.001, decay=0.0, epochs=30, batch_size=32,
                    validation_split=0.2),

@@ -183,7 +183,8 @@ __device__ void cce_loss_(const real* p, T t, real* out, int rows, int cols) {
 
 template <class T>
 __device__ void cce_backward_(const real* p, T t, real* g, int rows, int cols) {
-    FOR_EACH(i, (long long)rows * cols) g[i] = -t.at(i) / (p[i] * (real)rows);
+    // Probabilities below CLIP divide as CLIP (base.cce_backward), so p == 0 stays finite.
+    FOR_EACH(i, (long long)rows * cols) g[i] = -t.at(i) / (fmax(p[i], (real)CLIP) * (real)rows);
 }
 
 template <class T>
