@@ -109,7 +109,10 @@ def argmax_row(v):
 
 @inline
 def clip_probability(p):
-    return min(max(p, CLIP), 1 - CLIP)
+    """``clip(p, CLIP, 1 - CLIP)`` that lets NaN through, as ``np.clip`` does."""
+    if p < CLIP:
+        return CLIP
+    return min(p, 1 - CLIP)
 
 
 # ====================================================================== kernels: dense
