@@ -7,11 +7,16 @@ file, any edit (or a Numba upgrade) invalidates them together.
 
 Arithmetic kernels use ``FASTMATH``: reassociation (vectorized reductions),
 contraction (FMA), reciprocals and signed zeros, but never ``nnan``/``ninf``,
-so NaN and Inf propagate exactly as in NumPy and the non-finite checks work.
-Reductions accumulate in float64. Kernels are serial: matrix products go to
-BLAS (``np.dot`` here calls SciPy's BLAS, threaded by OpenBLAS), and on the
-elementwise work a ``prange`` pool gained under 2% of a BLAS-bound step while
-making ``fork()`` unsafe under GNU OpenMP.
+so NaN and Inf propagate through softmax and the losses as in NumPy. Because
+reassociation may cancel ``x - x``, finiteness is tested on the IEEE exponent
+bits with integer arithmetic. Reductions accumulate in float64.
+
+Kernels are serial (no ``prange``): matrix products go to BLAS (``np.dot``
+here calls SciPy's BLAS, threaded by OpenBLAS). On this project's 2-core test
+machine a ``prange`` pool halved a 1M-element elementwise kernel but saved
+under 2% of a BLAS-bound step, cost time on small batches, and would make a
+forked child that trains die under GNU OpenMP (the layer Numba picks when TBB
+is absent) or make concurrent training threads abort under ``workqueue``.
 """
 from __future__ import annotations
 
@@ -83,27 +88,31 @@ def act_backward_row(code, alpha, h, d):
 
 
 @inline
-def softmax_row(z, out):
-    """Softmax of row ``z`` into ``out`` (may be ``z``), shifted by the row maximum."""
-    m = z[0]
-    for i in range(1, z.size):
-        m = max(m, z[i])
-    s = 0.0
-    for i in range(z.size):
-        e = np.exp(z[i] - m)
-        out[i] = e
-        s += e
-    inv = out.dtype.type(1.0 / s)
-    for i in range(z.size):
-        out[i] *= inv
+def softmax_at(z, out, r):
+    """Softmax of row ``r`` of z into row ``r`` of out (may be z), shifted by the row maximum.
+
+    Rows are indexed in 2-D: a row view per row would cost reference counting in hot loops.
+    """
+    m = z[r, 0]
+    for j in range(1, z.shape[1]):
+        m = max(m, z[r, j])
+    total = 0.0
+    for j in range(z.shape[1]):
+        e = np.exp(z[r, j] - m)
+        out[r, j] = e
+        total += e
+    inv = out.dtype.type(1.0 / total)
+    for j in range(z.shape[1]):
+        out[r, j] *= inv
 
 
 @inline
-def argmax_row(v):
+def argmax_at(v, r):
+    """Index of the first maximum of row ``r`` of v."""
     best = 0
-    for i in range(1, v.size):
-        if v[i] > v[best]:
-            best = i
+    for j in range(1, v.shape[1]):
+        if v[r, j] > v[r, best]:
+            best = j
     return best
 
 
@@ -179,7 +188,7 @@ def linear_backward(x, dy):
 def softmax_forward(x):
     out = np.empty(x.shape, x.dtype)
     for r in range(x.shape[0]):
-        softmax_row(x[r], out[r])
+        softmax_at(x, out, r)
     return out
 
 
@@ -406,7 +415,7 @@ def adam_update(param, grad, m, v, lr, beta_1, beta_2, epsilon, step):
 def argmax(x):
     out = np.empty(x.shape[0], np.int64)
     for r in range(x.shape[0]):
-        out[r] = argmax_row(x[r])
+        out[r] = argmax_at(x, r)
     return out
 
 
@@ -414,7 +423,7 @@ def argmax(x):
 def categorical_accuracy_labels(p, y):
     hits = 0
     for r in range(p.shape[0]):
-        hits += argmax_row(p[r]) == y[r]
+        hits += argmax_at(p, r) == y[r]
     return hits / p.shape[0]
 
 
@@ -422,7 +431,7 @@ def categorical_accuracy_labels(p, y):
 def categorical_accuracy_onehot(p, y):
     hits = 0
     for r in range(p.shape[0]):
-        hits += argmax_row(p[r]) == argmax_row(y[r])
+        hits += argmax_at(p, r) == argmax_at(y, r)
     return hits / p.shape[0]
 
 
@@ -479,19 +488,18 @@ def _output_block(mode, z, y, start, scale, precision):
         def labels(mode, z, y, start, scale, precision):
             loss = hits = 0.0
             for r in range(z.shape[0]):
-                row_loss, hit = softmax_cce_row(z[r], y[start + r], scale)
+                row_loss, hit = softmax_cce_row(z, r, y[start + r], scale)
                 loss += row_loss
                 hits += hit
             return loss, hits
         return labels
 
     def rows(mode, z, y, start, scale, precision):
+        if mode != SOFTMAX_CCE:
+            return mse_block(z, y, start, scale, precision)
         loss = hits = 0.0
-        for r in range(z.shape[0]):
-            if mode == SOFTMAX_CCE:  # one-hot rows
-                row_loss, hit = softmax_cce_row(z[r], argmax_row(y[start + r]), scale)
-            else:
-                row_loss, hit = linear_mse_row(z[r], y[start + r], scale, precision)
+        for r in range(z.shape[0]):  # one-hot rows
+            row_loss, hit = softmax_cce_row(z, r, argmax_at(y, start + r), scale)
             loss += row_loss
             hits += hit
         return loss, hits
@@ -499,28 +507,30 @@ def _output_block(mode, z, y, start, scale, precision):
 
 
 @inline
-def softmax_cce_row(z, label, scale):
-    softmax_row(z, z)
-    loss = -np.log(clip_probability(z[label]))
-    hit = argmax_row(z) == label
-    z[label] -= 1
+def softmax_cce_row(z, r, label, scale):
+    """Softmax of row ``r`` of z, its cross-entropy against ``label``, then the fused gradient in place."""
+    softmax_at(z, z, r)
+    loss = -np.log(clip_probability(z[r, label]))
+    hit = argmax_at(z, r) == label
+    z[r, label] -= 1
     s = z.dtype.type(scale)
-    for j in range(z.size):
-        z[j] *= s
+    for j in range(z.shape[1]):
+        z[r, j] *= s
     return loss, hit
 
 
 @inline
-def linear_mse_row(z, t, scale, precision):
+def mse_block(z, t, start, scale, precision):
     loss = 0.0
     hits = 0
     s = z.dtype.type(scale)
-    for j in range(z.size):
-        d = z[j] - t[j]
-        loss += d * d
-        hits += abs(d) < precision
-        z[j] = d * s
-    return loss / z.size, hits / z.size
+    for r in range(z.shape[0]):
+        for j in range(z.shape[1]):
+            d = z[r, j] - t[start + r, j]
+            loss += d * d
+            hits += abs(d) < precision
+            z[r, j] = d * s
+    return loss / z.shape[1], hits / z.shape[1]
 
 
 @jit
@@ -535,31 +545,29 @@ def block_forward(a, W, WT, b, out, narrow, blas):
     """``out = a @ W + b``: BLAS, or loops whose inner loop runs over the longer of inputs and outputs.
 
     ``narrow`` layers (few outputs) take dot products over the inputs with ``WT = W.T``.
+    Loops index 2-D arrays directly: a row view per row would cost reference counting.
     """
+    n, i, o = a.shape[0], a.shape[1], out.shape[1]
     if blas:
         np.dot(a, W, out)
-        for r in range(out.shape[0]):
-            row = out[r]
-            for q in range(row.size):
-                row[q] += b[q]
+        for r in range(n):
+            for q in range(o):
+                out[r, q] += b[q]
     elif narrow:
-        for r in range(a.shape[0]):
-            ar, row = a[r], out[r]
-            for q in range(row.size):
-                wq = WT[q]
+        for r in range(n):
+            for q in range(o):
                 acc = b[q]
-                for k in range(ar.size):
-                    acc += ar[k] * wq[k]
-                row[q] = acc
+                for k in range(i):
+                    acc += a[r, k] * WT[q, k]
+                out[r, q] = acc
     else:
-        for r in range(a.shape[0]):
-            ar, row = a[r], out[r]
-            for q in range(row.size):
-                row[q] = b[q]
-            for k in range(ar.size):
-                ak, wk = ar[k], W[k]
-                for q in range(row.size):
-                    row[q] += ak * wk[q]
+        for r in range(n):
+            for q in range(o):
+                out[r, q] = b[q]
+            for k in range(i):
+                ak = a[r, k]
+                for q in range(o):
+                    out[r, q] += ak * W[k, q]
 
 
 @jit
@@ -568,46 +576,41 @@ def block_backward(a, d, W, WT, dW, dWT, db, dx, narrow, blas, need_dx):
 
     The BLAS variant runs on the whole batch at once and overwrites ``dW``.
     """
-    for r in range(d.shape[0]):
-        dr = d[r]
-        for q in range(dr.size):
-            db[q] += dr[q]
+    n, i, o = a.shape[0], a.shape[1], d.shape[1]
+    for r in range(n):
+        for q in range(o):
+            db[q] += d[r, q]
     if blas:
         np.dot(a.T, d, dW)
         if need_dx:
             np.dot(d, W.T, dx)
     elif narrow:
-        for r in range(d.shape[0]):
-            ar, dr = a[r], d[r]
-            for q in range(dr.size):
-                dq, g = dr[q], dWT[q]
-                for k in range(ar.size):
-                    g[k] += dq * ar[k]
+        for r in range(n):
+            for q in range(o):
+                dq = d[r, q]
+                for k in range(i):
+                    dWT[q, k] += dq * a[r, k]
         if need_dx:
-            for r in range(d.shape[0]):
-                dr, xr = d[r], dx[r]
-                for k in range(xr.size):
-                    xr[k] = 0
-                for q in range(dr.size):
-                    dq, wq = dr[q], WT[q]
-                    for k in range(xr.size):
-                        xr[k] += dq * wq[k]
+            for r in range(n):
+                for k in range(i):
+                    dx[r, k] = 0
+                for q in range(o):
+                    dq = d[r, q]
+                    for k in range(i):
+                        dx[r, k] += dq * WT[q, k]
     else:
-        for r in range(d.shape[0]):
-            ar, dr = a[r], d[r]
-            for k in range(ar.size):
-                ak, g = ar[k], dW[k]
-                for q in range(dr.size):
-                    g[q] += ak * dr[q]
+        for r in range(n):
+            for k in range(i):
+                ak = a[r, k]
+                for q in range(o):
+                    dW[k, q] += ak * d[r, q]
         if need_dx:
-            for r in range(d.shape[0]):
-                dr, xr = d[r], dx[r]
-                for k in range(xr.size):
-                    wk = W[k]
-                    acc = dr[0] * 0
-                    for q in range(dr.size):
-                        acc += wk[q] * dr[q]
-                    xr[k] = acc
+            for r in range(n):
+                for k in range(i):
+                    acc = d[r, 0] * 0
+                    for q in range(o):
+                        acc += W[k, q] * d[r, q]
+                    dx[r, k] = acc
 
 
 @jit

@@ -63,8 +63,9 @@ def _optimizer(opt):
     return None
 
 
-def _hyper(opt):
-    if type(opt).__name__ == "Adam":
+def _hyper(opt, code):
+    """The optimizer's hyperparameters as the step reads them, taken at each call."""
+    if code == K.ADAM:
         return (opt.current_learning_rate, opt.beta_1, opt.beta_2, opt.epsilon)
     return (opt.current_learning_rate, opt.momentum, 0.0, 0.0)
 
@@ -129,7 +130,7 @@ class CompiledStep:
             np.ascontiguousarray(x), y, self.mode, self.blas, self.Ws, self.WTs, self.bs, self.dWs, self.dWTs,
             self.dbs, self.hs, self.ds, self.codes, self.alphas, self.narrow, precision,
             self.params, self.grads, self.state1, self.state2, self.regs, self.opt_code,
-            np.array(_hyper(opt), dtype=np.float64), opt.iterations + 1)
+            np.array(_hyper(opt, self.opt_code), dtype=np.float64), opt.iterations + 1)
         t = self.dtype.type
         return t(loss), (None if metric is None else np.float64(acc)), bool(finite)
 
