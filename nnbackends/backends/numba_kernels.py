@@ -117,6 +117,12 @@ def argmax_at(v, r):
 
 
 @inline
+def flat(a):
+    """A flat contiguous view of ``a`` (a copy only when ``a`` is not contiguous)."""
+    return np.ascontiguousarray(a).ravel()
+
+
+@inline
 def clip_probability(p):
     """``clip(p, CLIP, 1 - CLIP)`` that lets NaN through, as ``np.clip`` does."""
     if p < CLIP:
@@ -170,7 +176,7 @@ def activation_forward(code, alpha, x):
 def activation_backward(code, alpha, h, dy):
     """Backward of an activation given what it keeps (input for ReLU-like, output otherwise)."""
     d = dy.copy()
-    act_backward_row(code, alpha, np.ascontiguousarray(h).ravel(), d.ravel())
+    act_backward_row(code, alpha, flat(h), d.ravel())
     return d
 
 
@@ -265,7 +271,7 @@ def softmax_cce_backward_onehot(p, y):
 
 @jit
 def bce_loss(p, y):
-    pf, yf = np.ascontiguousarray(p).ravel(), np.ascontiguousarray(y).ravel()
+    pf, yf = flat(p), flat(y)
     total = 0.0
     for i in range(pf.size):
         q = clip_probability(pf[i])
@@ -276,7 +282,7 @@ def bce_loss(p, y):
 @jit
 def bce_backward(p, y):
     out = np.empty(p.shape, p.dtype)
-    pf, yf, of = np.ascontiguousarray(p).ravel(), np.ascontiguousarray(y).ravel(), out.ravel()
+    pf, yf, of = flat(p), flat(y), out.ravel()
     n = pf.size
     for i in range(n):
         q = clip_probability(pf[i])
@@ -286,7 +292,7 @@ def bce_backward(p, y):
 
 @jit
 def mse_loss(p, y):
-    pf, yf = np.ascontiguousarray(p).ravel(), np.ascontiguousarray(y).ravel()
+    pf, yf = flat(p), flat(y)
     total = 0.0
     for i in range(pf.size):
         d = yf[i] - pf[i]
@@ -297,7 +303,7 @@ def mse_loss(p, y):
 @jit
 def mse_backward(p, y):
     out = np.empty(p.shape, p.dtype)
-    pf, yf, of = np.ascontiguousarray(p).ravel(), np.ascontiguousarray(y).ravel(), out.ravel()
+    pf, yf, of = flat(p), flat(y), out.ravel()
     scale = p.dtype.type(2.0 / pf.size)
     for i in range(pf.size):
         of[i] = (pf[i] - yf[i]) * scale
@@ -306,7 +312,7 @@ def mse_backward(p, y):
 
 @jit
 def mae_loss(p, y):
-    pf, yf = np.ascontiguousarray(p).ravel(), np.ascontiguousarray(y).ravel()
+    pf, yf = flat(p), flat(y)
     total = 0.0
     for i in range(pf.size):
         total += abs(yf[i] - pf[i])
@@ -316,7 +322,7 @@ def mae_loss(p, y):
 @jit
 def mae_backward(p, y):
     out = np.empty(p.shape, p.dtype)
-    pf, yf, of = np.ascontiguousarray(p).ravel(), np.ascontiguousarray(y).ravel(), out.ravel()
+    pf, yf, of = flat(p), flat(y), out.ravel()
     scale = p.dtype.type(pf.size)
     for i in range(pf.size):
         of[i] = np.sign(pf[i] - yf[i]) / scale
@@ -326,7 +332,7 @@ def mae_backward(p, y):
 # ====================================================================== kernels: regularization, dropout
 @jit
 def regularization_loss(w, l1, l2):
-    wf = np.ascontiguousarray(w).ravel()
+    wf = flat(w)
     a = s = 0.0
     for i in range(wf.size):
         a += abs(wf[i])
@@ -353,7 +359,7 @@ def dropout_scale(u, rate, out):
 @jit
 def multiply(a, b):
     out = np.empty(a.shape, a.dtype)
-    af, bf, of = np.ascontiguousarray(a).ravel(), np.ascontiguousarray(b).ravel(), out.ravel()
+    af, bf, of = flat(a), flat(b), out.ravel()
     for i in range(of.size):
         of[i] = af[i] * bf[i]
     return out
@@ -437,7 +443,7 @@ def categorical_accuracy_onehot(p, y):
 
 @jit
 def binary_accuracy(p, y):
-    pf, yf = np.ascontiguousarray(p).ravel(), np.ascontiguousarray(y).ravel()
+    pf, yf = flat(p), flat(y)
     hits = 0
     for i in range(pf.size):
         hits += (pf[i] > 0.5) == (yf[i] > 0.5)
@@ -446,7 +452,7 @@ def binary_accuracy(p, y):
 
 @jit
 def regression_accuracy(p, y, precision):
-    pf, yf = np.ascontiguousarray(p).ravel(), np.ascontiguousarray(y).ravel()
+    pf, yf = flat(p), flat(y)
     hits = 0
     for i in range(pf.size):
         hits += abs(pf[i] - yf[i]) < precision
@@ -472,7 +478,7 @@ def all_finite(a):
 
 # ====================================================================== compiled step
 #: Rows per block in the small-network pass: every block's activations stay in L1 cache.
-BLOCK_ROWS = 32
+BLOCK_ROWS = 64
 
 
 def output_block(mode, z, y, start, scale, precision):
@@ -584,33 +590,33 @@ def block_backward(a, d, W, WT, dW, dWT, db, dx, narrow, blas, need_dx):
         np.dot(a.T, d, dW)
         if need_dx:
             np.dot(d, W.T, dx)
-    elif narrow:
+    elif narrow:  # one pass over (row, output) updates dWT and dx together
         for r in range(n):
-            for q in range(o):
-                dq = d[r, q]
-                for k in range(i):
-                    dWT[q, k] += dq * a[r, k]
-        if need_dx:
-            for r in range(n):
+            if need_dx:
                 for k in range(i):
                     dx[r, k] = 0
-                for q in range(o):
-                    dq = d[r, q]
+            for q in range(o):
+                dq = d[r, q]
+                if need_dx:
                     for k in range(i):
+                        dWT[q, k] += dq * a[r, k]
                         dx[r, k] += dq * WT[q, k]
-    else:
+                else:
+                    for k in range(i):
+                        dWT[q, k] += dq * a[r, k]
+    else:  # one pass over (row, input) updates dW and dx together
         for r in range(n):
             for k in range(i):
                 ak = a[r, k]
-                for q in range(o):
-                    dW[k, q] += ak * d[r, q]
-        if need_dx:
-            for r in range(n):
-                for k in range(i):
+                if need_dx:
                     acc = d[r, 0] * 0
                     for q in range(o):
+                        dW[k, q] += ak * d[r, q]
                         acc += W[k, q] * d[r, q]
                     dx[r, k] = acc
+                else:
+                    for q in range(o):
+                        dW[k, q] += ak * d[r, q]
 
 
 @jit
