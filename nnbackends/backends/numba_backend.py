@@ -194,3 +194,28 @@ def _threading_layer() -> str:
         return numba.threading_layer()
     except ValueError:
         return f"none started: kernels are serial (Numba's setting: {numba.config.THREADING_LAYER})"
+
+
+def _warm_kernels(be, dtype):
+    """Call every kernel once on tiny arrays of ``dtype`` with every argument type the trainer passes."""
+    r = np.random.default_rng(0)
+    a, b, w = (r.standard_normal(s).astype(dtype) for s in ((4, 3), (4, 3), (3, 3)))
+    p = be.softmax_forward(a)
+    labels, onehot = np.array([0, 1, 2, 0]), np.eye(3, dtype=dtype)[[0, 1, 2, 0]]
+    vec, state = np.zeros(3, dtype), np.abs(a)
+    be.dense_backward(a, w, be.dense_forward(a, w, vec), need_dx=True)
+    for kernel in ("relu", "sigmoid", "tanh", "softmax", "linear"):
+        getattr(be, kernel + "_backward")(getattr(be, kernel + "_forward")(a), b)
+    be.leaky_relu_backward(a, be.leaky_relu_forward(a, 0.1), 0.1)
+    for y in (labels, onehot):
+        be.cce_loss(p, y), be.cce_backward(p, y), be.softmax_cce_backward(p, y), be.categorical_accuracy(p, y)
+    for kernel in ("bce", "mse", "mae"):
+        getattr(be, kernel + "_loss")(p, onehot), getattr(be, kernel + "_backward")(p, onehot)
+    be.regularization_backward(a, b, 0.1, 0.1), be.regularization_loss(a, 0.1, 0.1)
+    be.multiply(a, be.dropout_mask(a.shape, 0.5, r, dtype))
+    for x in (a, vec):  # weights and biases
+        g = np.ones_like(x)
+        be.sgd_update(x, g, 0.1), be.sgd_update(x, g, 0.1, 0.9, np.zeros_like(x))
+        be.adagrad_update(x, g, np.ones_like(x), 0.1, 1e-7), be.rmsprop_update(x, g, np.ones_like(x), 0.1, 0.9, 1e-7)
+        be.adam_update(x, g, np.zeros_like(x), np.ones_like(x), 0.1, 0.9, 0.999, 1e-7, 1)
+    be.argmax(a), be.binary_accuracy(p, onehot), be.regression_accuracy(a, b, 0.5), be.all_finite([a, state])

@@ -87,23 +87,31 @@ def act_backward_row(code, alpha, h, d):
             d[i] = d[i] * (1 - h[i] * h[i])
 
 
-@inline
-def softmax_at(z, out, r):
-    """Softmax of row ``r`` of z into row ``r`` of out (may be z), shifted by the row maximum.
+@jit
+def softmax_rows(z, out, tmp):
+    """Row-wise softmax of z into out (may be z), shifted by the row maximum; ``tmp`` holds a value per row.
 
-    Rows are indexed in 2-D: a row view per row would cost reference counting in hot loops.
+    Each stage runs over all rows before the next, so the exponentials of different rows overlap.
+    2-D indexing throughout: a row view per row would cost reference counting in hot loops.
     """
-    m = z[r, 0]
-    for j in range(1, z.shape[1]):
-        m = max(m, z[r, j])
-    total = 0.0
-    for j in range(z.shape[1]):
-        e = np.exp(z[r, j] - m)
-        out[r, j] = e
-        total += e
-    inv = out.dtype.type(1.0 / total)
-    for j in range(z.shape[1]):
-        out[r, j] *= inv
+    n, k = z.shape
+    for r in range(n):
+        m = z[r, 0]
+        for j in range(1, k):
+            m = max(m, z[r, j])
+        tmp[r] = m
+    for r in range(n):
+        for j in range(k):
+            out[r, j] = np.exp(z[r, j] - tmp[r])
+    for r in range(n):
+        total = 0.0
+        for j in range(k):
+            total += out[r, j]
+        tmp[r] = 1.0 / total
+    for r in range(n):
+        inv = tmp[r]
+        for j in range(k):
+            out[r, j] *= inv
 
 
 @inline
@@ -193,8 +201,7 @@ def linear_backward(x, dy):
 @jit
 def softmax_forward(x):
     out = np.empty(x.shape, x.dtype)
-    for r in range(x.shape[0]):
-        softmax_at(x, out, r)
+    softmax_rows(x, out, np.empty(x.shape[0], x.dtype))
     return out
 
 
@@ -481,48 +488,57 @@ def all_finite(a):
 BLOCK_ROWS = 64
 
 
-def output_block(mode, z, y, start, scale, precision):
+def output_block(mode, z, y, start, scale, precision, tmp):
     """Loss of the output rows ``z`` against targets ``y[start:]``; writes dLoss/dz into ``z``.
 
-    Returns ``(summed loss, summed accuracy count)`` over the block's rows.
+    Returns ``(summed loss, summed accuracy count)`` over the block's rows; ``tmp``
+    is a scratch row buffer.
     """
 
 
 @overload(output_block, jit_options={"fastmath": FASTMATH})
-def _output_block(mode, z, y, start, scale, precision):
+def _output_block(mode, z, y, start, scale, precision, tmp):
     if y.ndim == 1:  # integer class labels: softmax + cross-entropy
-        def labels(mode, z, y, start, scale, precision):
+        def labels(mode, z, y, start, scale, precision, tmp):
+            softmax_rows(z, z, tmp)
             loss = hits = 0.0
             for r in range(z.shape[0]):
-                row_loss, hit = softmax_cce_row(z, r, y[start + r], scale)
+                row_loss, hit = cce_row(z, r, y[start + r])
                 loss += row_loss
                 hits += hit
+            scale_rows(z, scale)
             return loss, hits
         return labels
 
-    def rows(mode, z, y, start, scale, precision):
+    def rows(mode, z, y, start, scale, precision, tmp):
         if mode != SOFTMAX_CCE:
             return mse_block(z, y, start, scale, precision)
+        softmax_rows(z, z, tmp)
         loss = hits = 0.0
         for r in range(z.shape[0]):  # one-hot rows
-            row_loss, hit = softmax_cce_row(z, r, argmax_at(y, start + r), scale)
+            row_loss, hit = cce_row(z, r, argmax_at(y, start + r))
             loss += row_loss
             hits += hit
+        scale_rows(z, scale)
         return loss, hits
     return rows
 
 
 @inline
-def softmax_cce_row(z, r, label, scale):
-    """Softmax of row ``r`` of z, its cross-entropy against ``label``, then the fused gradient in place."""
-    softmax_at(z, z, r)
-    loss = -np.log(clip_probability(z[r, label]))
-    hit = argmax_at(z, r) == label
-    z[r, label] -= 1
-    s = z.dtype.type(scale)
-    for j in range(z.shape[1]):
-        z[r, j] *= s
+def cce_row(p, r, label):
+    """Cross-entropy and hit of probability row ``r``; turns the row into ``p - one_hot``."""
+    loss = -np.log(clip_probability(p[r, label]))
+    hit = argmax_at(p, r) == label
+    p[r, label] -= 1
     return loss, hit
+
+
+@inline
+def scale_rows(z, scale):
+    s = z.dtype.type(scale)
+    for r in range(z.shape[0]):
+        for j in range(z.shape[1]):
+            z[r, j] *= s
 
 
 @inline
@@ -620,7 +636,7 @@ def block_backward(a, d, W, WT, dW, dWT, db, dx, narrow, blas, need_dx):
 
 
 @jit
-def network_pass(x, y, mode, blas, Ws, WTs, bs, dWs, dWTs, dbs, hs, ds, codes, alphas, narrow, precision):
+def network_pass(x, y, mode, blas, Ws, WTs, bs, dWs, dWTs, dbs, hs, ds, tmp, codes, alphas, narrow, precision):
     """Forward, loss and backward over the batch; fills ``dWs`` and ``dbs``; returns (mean loss, accuracy).
 
     ``blas``: one block of the whole batch with BLAS products (large layers); otherwise
@@ -650,7 +666,7 @@ def network_pass(x, y, mode, blas, Ws, WTs, bs, dWs, dWTs, dbs, hs, ds, codes, a
             a = h
         d = ds[L - 1][:m]
         d[:] = a
-        block_loss, block_hits = output_block(mode, d, y, start, scale, precision)
+        block_loss, block_hits = output_block(mode, d, y, start, scale, precision, tmp)
         loss += block_loss
         hits += block_hits
         for l in range(L - 1, -1, -1):
@@ -691,10 +707,11 @@ def apply_update(params, grads, state1, state2, regs, opt, hyper, step):
 
 
 @jit
-def train_step(x, y, mode, blas, Ws, WTs, bs, dWs, dWTs, dbs, hs, ds, codes, alphas, narrow, precision,
+def train_step(x, y, mode, blas, Ws, WTs, bs, dWs, dWTs, dbs, hs, ds, tmp, codes, alphas, narrow, precision,
                params, grads, state1, state2, regs, opt, hyper, step):
     """One whole training step; returns ``(data_loss, accuracy, finite)``."""
-    loss, acc = network_pass(x, y, mode, blas, Ws, WTs, bs, dWs, dWTs, dbs, hs, ds, codes, alphas, narrow, precision)
+    loss, acc = network_pass(x, y, mode, blas, Ws, WTs, bs, dWs, dWTs, dbs, hs, ds, tmp, codes, alphas, narrow,
+                             precision)
     if not np.isfinite(loss):
         return loss, acc, False
     return loss, acc, apply_update(params, grads, state1, state2, regs, opt, hyper, step)

@@ -117,6 +117,7 @@ class CompiledStep:
         if rows > self.capacity:
             self.hs = tuple(np.empty((rows, w), self.dtype) for w in self.widths)
             self.ds = tuple(np.empty((rows, w), self.dtype) for w in self.widths)
+            self.tmp = np.empty(rows, self.dtype)
             self.capacity = rows
 
     def __call__(self, x, y):
@@ -128,7 +129,7 @@ class CompiledStep:
         precision = float(getattr(metric, "precision", None) or 0.0)
         loss, acc, finite = K.train_step(
             np.ascontiguousarray(x), y, self.mode, self.blas, self.Ws, self.WTs, self.bs, self.dWs, self.dWTs,
-            self.dbs, self.hs, self.ds, self.codes, self.alphas, self.narrow, precision,
+            self.dbs, self.hs, self.ds, self.tmp, self.codes, self.alphas, self.narrow, precision,
             self.params, self.grads, self.state1, self.state2, self.regs, self.opt_code,
             np.array(_hyper(opt, self.opt_code), dtype=np.float64), opt.iterations + 1)
         t = self.dtype.type
@@ -148,6 +149,6 @@ def warm_step(dtype):
         x = r.standard_normal((4, 4)).astype(dtype)
         for mode, y in ((K.SOFTMAX_CCE, np.array([0, 1, 2, 3])), (K.LINEAR_MSE, x.copy())):
             for blas in (True, False):
-                K.train_step(x, y, mode, blas, Ws, Ws, bs, Ws, Ws, bs, hs, hs, ints, ints * 0.0,
+                K.train_step(x, y, mode, blas, Ws, Ws, bs, Ws, Ws, bs, hs, hs, x[:, 0].copy(), ints, ints * 0.0,
                              ints.astype(bool), 0.1, flat, flat, flat, flat, np.zeros((2 * n_dense, 2)), K.ADAM,
                              np.array([1e-9, 0.9, 0.999, 1e-7]), 1)
