@@ -61,6 +61,21 @@ def test_every_kernel_is_native_and_never_uses_the_array_module(monkeypatch):
         numba_backend._warm_kernels(backend, np.dtype(dtype))  # calls every kernel of the table
 
 
+@pytest.mark.parametrize("missing", ["numba", "scipy"])
+def test_missing_dependency_gives_the_install_command(missing):
+    proc = run_python(f"""
+        import sys
+        sys.modules[{missing!r}] = None  # as if it were not installed
+        from nnbackends.backends import get_backend, BackendUnavailableError
+        try:
+            get_backend("numba")
+        except BackendUnavailableError as exc:
+            print(exc)
+    """)
+    assert proc.returncode == 0, proc.stderr
+    assert missing in proc.stdout and 'pip install "nnbackends[numba]"' in proc.stdout, proc.stdout
+
+
 def test_info_reports_native_kernels_blas_and_threads():
     proc = run_python("import sys; from nnbackends.cli import main; sys.exit(main(['info']))")
     assert proc.returncode == 0, proc.stderr

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import BackendUnavailableError
 from .base import ArrayBackend
 
 try:
@@ -37,10 +36,6 @@ class NumbaBackend(ArrayBackend):
     name = "numba"
     xp = np
     blas_kernels = ("dense_forward", "dense_backward")
-
-    def __init__(self):
-        if not hasattr(numba, "njit"):
-            raise BackendUnavailableError("numba is installed but has no njit; reinstall it")
 
     # ------------------------------------------------------------------ dense
     def dense_forward(self, x, W, b):
