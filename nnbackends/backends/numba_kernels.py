@@ -48,43 +48,43 @@ def inline(fn):
 # ====================================================================== elementwise rows
 # Row helpers work on 1-D contiguous views and are shared by the kernels and the step.
 @inline
-def act_forward_row(code, alpha, v):
-    """Apply activation ``code`` to the row ``v`` in place (one loop per code, so each vectorizes)."""
+def act_forward_at(code, alpha, v, r):
+    """Apply activation ``code`` to row ``r`` of the 2-D array ``v`` in place (one loop per code)."""
     half = v.dtype.type(0.5)
     a = v.dtype.type(alpha)
     if code == RELU:
-        for i in range(v.size):
-            v[i] = 0 if v[i] <= 0 else v[i]
+        for i in range(v.shape[1]):
+            v[r, i] = 0 if v[r, i] <= 0 else v[r, i]
     elif code == LEAKY_RELU:
-        for i in range(v.size):
-            v[i] = v[i] if v[i] > 0 else v[i] * a
+        for i in range(v.shape[1]):
+            v[r, i] = v[r, i] if v[r, i] > 0 else v[r, i] * a
     elif code == SIGMOID:
-        for i in range(v.size):
-            v[i] = half + half * np.tanh(half * v[i])
+        for i in range(v.shape[1]):
+            v[r, i] = half + half * np.tanh(half * v[r, i])
     elif code == TANH:
-        for i in range(v.size):
-            v[i] = np.tanh(v[i])
+        for i in range(v.shape[1]):
+            v[r, i] = np.tanh(v[r, i])
 
 
 @inline
-def act_backward_row(code, alpha, h, d):
-    """Multiply the gradient row ``d`` by the activation's derivative, given its output ``h``.
+def act_backward_at(code, alpha, h, d, r):
+    """Multiply row ``r`` of the gradient ``d`` by the activation's derivative, given its output ``h``.
 
     ReLU and LeakyReLU (alpha >= 0) keep the sign of their input, so the output decides.
     """
     a = d.dtype.type(alpha)
     if code == RELU:
-        for i in range(d.size):
-            d[i] = d[i] * (h[i] > 0)
+        for i in range(d.shape[1]):
+            d[r, i] = d[r, i] * (h[r, i] > 0)
     elif code == LEAKY_RELU:
-        for i in range(d.size):
-            d[i] = d[i] if h[i] > 0 else d[i] * a
+        for i in range(d.shape[1]):
+            d[r, i] = d[r, i] if h[r, i] > 0 else d[r, i] * a
     elif code == SIGMOID:
-        for i in range(d.size):
-            d[i] = d[i] * h[i] * (1 - h[i])
+        for i in range(d.shape[1]):
+            d[r, i] = d[r, i] * h[r, i] * (1 - h[r, i])
     elif code == TANH:
-        for i in range(d.size):
-            d[i] = d[i] * (1 - h[i] * h[i])
+        for i in range(d.shape[1]):
+            d[r, i] = d[r, i] * (1 - h[r, i] * h[r, i])
 
 
 @jit
@@ -176,7 +176,7 @@ def dense_input_grad(W, dy):
 @jit
 def activation_forward(code, alpha, x):
     out = x.copy()
-    act_forward_row(code, alpha, out.ravel())
+    act_forward_at(code, alpha, out.reshape(1, out.size), 0)
     return out
 
 
@@ -184,7 +184,7 @@ def activation_forward(code, alpha, x):
 def activation_backward(code, alpha, h, dy):
     """Backward of an activation given what it keeps (input for ReLU-like, output otherwise)."""
     d = dy.copy()
-    act_backward_row(code, alpha, flat(h), d.ravel())
+    act_backward_at(code, alpha, flat(h).reshape(1, d.size), d.reshape(1, d.size), 0)
     return d
 
 
@@ -563,8 +563,8 @@ def transpose_into(a, out):
 
 
 @jit
-def block_forward(a, W, WT, b, out, narrow, blas):
-    """``out = a @ W + b``: BLAS, or loops whose inner loop runs over the longer of inputs and outputs.
+def block_forward(a, W, WT, b, out, narrow, blas, code, alpha):
+    """``out = act(a @ W + b)``: BLAS, or loops whose inner loop runs over the longer of inputs and outputs.
 
     ``narrow`` layers (few outputs) take dot products over the inputs with ``WT = W.T``.
     Loops index 2-D arrays directly: a row view per row would cost reference counting.
@@ -572,9 +572,10 @@ def block_forward(a, W, WT, b, out, narrow, blas):
     n, i, o = a.shape[0], a.shape[1], out.shape[1]
     if blas:
         np.dot(a, W, out)
-        for r in range(n):
+        for r in range(n):  # bias and activation in one pass over each row
             for q in range(o):
                 out[r, q] += b[q]
+            act_forward_at(code, alpha, out, r)
     elif narrow:
         for r in range(n):
             for q in range(o):
@@ -582,6 +583,7 @@ def block_forward(a, W, WT, b, out, narrow, blas):
                 for k in range(i):
                     acc += a[r, k] * WT[q, k]
                 out[r, q] = acc
+            act_forward_at(code, alpha, out, r)
     else:
         for r in range(n):
             for q in range(o):
@@ -590,6 +592,7 @@ def block_forward(a, W, WT, b, out, narrow, blas):
                 ak = a[r, k]
                 for q in range(o):
                     out[r, q] += ak * W[k, q]
+            act_forward_at(code, alpha, out, r)
 
 
 @jit
@@ -660,9 +663,7 @@ def network_pass(x, y, mode, blas, Ws, WTs, bs, dWs, dWTs, dbs, hs, ds, tmp, cod
         a = x[start:stop]
         for l in range(L):
             h = hs[l][:m]
-            block_forward(a, Ws[l], WTs[l], bs[l], h, narrow[l], blas)
-            if l < L - 1:
-                act_forward_row(codes[l], alphas[l], h.ravel())
+            block_forward(a, Ws[l], WTs[l], bs[l], h, narrow[l], blas, codes[l] if l < L - 1 else LINEAR, alphas[l])
             a = h
         d = ds[L - 1][:m]
         d[:] = a
@@ -674,7 +675,8 @@ def network_pass(x, y, mode, blas, Ws, WTs, bs, dWs, dWTs, dbs, hs, ds, tmp, cod
             dx = ds[l - 1][:m] if l > 0 else d
             block_backward(a, ds[l][:m], Ws[l], WTs[l], dWs[l], dWTs[l], dbs[l], dx, narrow[l], blas, l > 0)
             if l > 0:
-                act_backward_row(codes[l - 1], alphas[l - 1], a.ravel(), dx.ravel())
+                for r in range(m):
+                    act_backward_at(codes[l - 1], alphas[l - 1], a, dx, r)
     for l in range(L):
         if narrow[l]:
             transpose_into(dWTs[l], dWs[l])
