@@ -596,15 +596,16 @@ def block_forward(a, W, WT, b, out, narrow, blas, code, alpha):
 
 
 @jit
-def block_backward(a, d, W, WT, dW, dWT, db, dx, narrow, blas, need_dx):
-    """Add the block's ``db`` and ``dW`` (``dWT`` for narrow layers); write ``dx = d @ W.T``.
+def block_backward(a, d, W, WT, dW, dWT, db, dx, narrow, blas, need_dx, sum_db):
+    """Add the block's ``dW`` (``dWT`` for narrow layers) and, if ``sum_db``, its ``db``; write ``dx = d @ W.T``.
 
     The BLAS variant runs on the whole batch at once and overwrites ``dW``.
     """
     n, i, o = a.shape[0], a.shape[1], d.shape[1]
-    for r in range(n):
-        for q in range(o):
-            db[q] += d[r, q]
+    if sum_db:
+        for r in range(n):
+            for q in range(o):
+                db[q] += d[r, q]
     if blas:
         np.dot(a.T, d, dW)
         if need_dx:
@@ -673,10 +674,14 @@ def network_pass(x, y, mode, blas, Ws, WTs, bs, dWs, dWTs, dbs, hs, ds, tmp, cod
         for l in range(L - 1, -1, -1):
             a = x[start:stop] if l == 0 else hs[l - 1][:m]
             dx = ds[l - 1][:m] if l > 0 else d
-            block_backward(a, ds[l][:m], Ws[l], WTs[l], dWs[l], dWTs[l], dbs[l], dx, narrow[l], blas, l > 0)
-            if l > 0:
+            block_backward(a, ds[l][:m], Ws[l], WTs[l], dWs[l], dWTs[l], dbs[l], dx, narrow[l], blas, l > 0,
+                           l == L - 1)
+            if l > 0:  # the activation's derivative and the lower layer's db in one pass
+                db = dbs[l - 1]
                 for r in range(m):
                     act_backward_at(codes[l - 1], alphas[l - 1], a, dx, r)
+                    for q in range(dx.shape[1]):
+                        db[q] += dx[r, q]
     for l in range(L):
         if narrow[l]:
             transpose_into(dWTs[l], dWs[l])
