@@ -108,7 +108,7 @@ class CompiledStep:
         self.state1 = states[0] if states else self.grads
         self.state2 = states[1] if len(states) > 1 else self.grads
         self.regs = np.array([[p.l1, p.l2] for p in params], dtype=np.float64)
-        self.hs = self.ds = None
+        self.hs = self.ds = self.tmp = None
         self._buffers(1)
 
     def _buffers(self, n):
