@@ -1,0 +1,724 @@
+"""Every ``@njit`` function of the Numba backend, including the compiled training step.
+
+All of it lives in this one module on purpose: Numba keys a cached function on
+its own source file only, so a cached caller in one file could keep a stale,
+inlined copy of a callee edited in another. With callers and callees in one
+file, any edit (or a Numba upgrade) invalidates them together.
+
+Arithmetic kernels use ``FASTMATH``: reassociation (vectorized reductions),
+contraction (FMA), reciprocals and signed zeros, but never ``nnan``/``ninf``,
+so NaN and Inf propagate through softmax and the losses as in NumPy. Because
+reassociation may cancel ``x - x``, finiteness is tested on the IEEE exponent
+bits with integer arithmetic. Reductions accumulate in float64.
+
+Kernels are serial (no ``prange``): matrix products go to BLAS (``np.dot``
+here calls SciPy's BLAS, threaded by OpenBLAS). On this project's 2-core test
+machine a ``prange`` pool halved a 1M-element elementwise kernel but saved
+under 2% of a BLAS-bound step, cost time on small batches, and would make a
+forked child that trains die under GNU OpenMP (the layer Numba picks when TBB
+is absent) or make concurrent training threads abort under ``workqueue``.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+from numba.extending import overload
+
+FASTMATH = {"nsz", "arcp", "contract", "reassoc"}
+
+#: Activation codes of the compiled step.
+LINEAR, RELU, LEAKY_RELU, SIGMOID, TANH = 0, 1, 2, 3, 4
+#: Output codes of the compiled step.
+SOFTMAX_CCE, LINEAR_MSE = 0, 1
+#: Optimizer codes of the compiled step.
+SGD, SGD_MOMENTUM, ADAM = 0, 1, 2
+#: Probability clipping of the cross-entropy losses (``base.CLIP``).
+CLIP = 1e-7
+
+
+def jit(fn):
+    return njit(cache=True, fastmath=FASTMATH, nogil=True)(fn)
+
+
+def inline(fn):
+    """A helper inlined into its callers at Numba IR level (a call per row would cost more than the row)."""
+    return njit(cache=True, fastmath=FASTMATH, nogil=True, inline="always")(fn)
+
+
+# ====================================================================== elementwise rows
+# Row helpers work on 1-D contiguous views and are shared by the kernels and the step.
+@inline
+def act_forward_at(code, alpha, v, r):
+    """Apply activation ``code`` to row ``r`` of the 2-D array ``v`` in place (one loop per code)."""
+    half = v.dtype.type(0.5)
+    a = v.dtype.type(alpha)
+    if code == RELU:
+        for i in range(v.shape[1]):
+            v[r, i] = 0 if v[r, i] <= 0 else v[r, i]
+    elif code == LEAKY_RELU:
+        for i in range(v.shape[1]):
+            v[r, i] = v[r, i] if v[r, i] > 0 else v[r, i] * a
+    elif code == SIGMOID:
+        for i in range(v.shape[1]):
+            v[r, i] = half + half * np.tanh(half * v[r, i])
+    elif code == TANH:
+        for i in range(v.shape[1]):
+            v[r, i] = np.tanh(v[r, i])
+
+
+@inline
+def act_backward_at(code, alpha, h, d, r):
+    """Multiply row ``r`` of the gradient ``d`` by the activation's derivative, given its output ``h``.
+
+    ReLU and LeakyReLU (alpha >= 0) keep the sign of their input, so the output decides.
+    """
+    a = d.dtype.type(alpha)
+    if code == RELU:
+        for i in range(d.shape[1]):
+            d[r, i] = d[r, i] * (h[r, i] > 0)
+    elif code == LEAKY_RELU:
+        for i in range(d.shape[1]):
+            d[r, i] = d[r, i] if h[r, i] > 0 else d[r, i] * a
+    elif code == SIGMOID:
+        for i in range(d.shape[1]):
+            d[r, i] = d[r, i] * h[r, i] * (1 - h[r, i])
+    elif code == TANH:
+        for i in range(d.shape[1]):
+            d[r, i] = d[r, i] * (1 - h[r, i] * h[r, i])
+
+
+@jit
+def softmax_rows(z, out, tmp):
+    """Row-wise softmax of z into out (may be z), shifted by the row maximum; ``tmp`` holds a value per row.
+
+    Each stage runs over all rows before the next, so the exponentials of different rows overlap.
+    2-D indexing throughout: a row view per row would cost reference counting in hot loops.
+    """
+    n, k = z.shape
+    for r in range(n):
+        m = z[r, 0]
+        for j in range(1, k):
+            m = max(m, z[r, j])
+        tmp[r] = m
+    for r in range(n):
+        for j in range(k):
+            out[r, j] = np.exp(z[r, j] - tmp[r])
+    for r in range(n):
+        total = 0.0
+        for j in range(k):
+            total += out[r, j]
+        tmp[r] = 1.0 / total
+    for r in range(n):
+        inv = tmp[r]
+        for j in range(k):
+            out[r, j] *= inv
+
+
+@inline
+def argmax_at(v, r):
+    """Index of the first maximum of row ``r`` of v."""
+    best = 0
+    for j in range(1, v.shape[1]):
+        if v[r, j] > v[r, best]:
+            best = j
+    return best
+
+
+@inline
+def flat(a):
+    """A flat contiguous view of ``a`` (a copy only when ``a`` is not contiguous)."""
+    return np.ascontiguousarray(a).ravel()
+
+
+@inline
+def clip_probability(p):
+    """``clip(p, CLIP, 1 - CLIP)`` that lets NaN through, as ``np.clip`` does."""
+    if p < CLIP:
+        return CLIP
+    return min(p, 1 - CLIP)
+
+
+# ====================================================================== kernels: dense
+@jit
+def dense_forward(x, W, b):
+    out = np.dot(x, W)
+    for r in range(out.shape[0]):
+        row = out[r]
+        for j in range(row.size):
+            row[j] += b[j]
+    return out
+
+
+@inline
+def column_sums(d, out):
+    """``out = d.sum(axis=0)`` for d (n, o), accumulated in the dtype."""
+    out[:] = 0
+    for r in range(d.shape[0]):
+        row = d[r]
+        for j in range(row.size):
+            out[j] += row[j]
+
+
+@jit
+def dense_grads(x, dy):
+    """``(x.T @ dy, dy.sum(axis=0))``."""
+    db = np.empty(dy.shape[1], dy.dtype)
+    column_sums(dy, db)
+    return np.dot(x.T, dy), db
+
+
+@jit
+def dense_input_grad(W, dy):
+    return np.dot(dy, W.T)
+
+
+# ====================================================================== kernels: activations
+@jit
+def activation_forward(code, alpha, x):
+    out = x.copy()
+    act_forward_at(code, alpha, out.reshape(1, out.size), 0)
+    return out
+
+
+@jit
+def activation_backward(code, alpha, h, dy):
+    """Backward of an activation given what it keeps (input for ReLU-like, output otherwise)."""
+    d = dy.copy()
+    act_backward_at(code, alpha, flat(h).reshape(1, d.size), d.reshape(1, d.size), 0)
+    return d
+
+
+@jit
+def linear_forward(x):
+    return x
+
+
+@jit
+def linear_backward(x, dy):
+    return dy
+
+
+@jit
+def softmax_forward(x):
+    out = np.empty(x.shape, x.dtype)
+    softmax_rows(x, out, np.empty(x.shape[0], x.dtype))
+    return out
+
+
+@jit
+def softmax_backward(y, dy):
+    out = np.empty(dy.shape, dy.dtype)
+    for r in range(y.shape[0]):
+        yr, dr, orow = y[r], dy[r], out[r]
+        s = 0.0
+        for j in range(yr.size):
+            s += dr[j] * yr[j]
+        t = dy.dtype.type(s)
+        for j in range(yr.size):
+            orow[j] = yr[j] * (dr[j] - t)
+    return out
+
+
+# ====================================================================== kernels: losses
+@jit
+def cce_loss_labels(p, y):
+    total = 0.0
+    for r in range(p.shape[0]):
+        total -= np.log(clip_probability(p[r, y[r]]))
+    return total / p.shape[0]
+
+
+@jit
+def cce_loss_onehot(p, y):
+    total = 0.0
+    for r in range(p.shape[0]):
+        s = 0.0
+        for j in range(p.shape[1]):
+            s += clip_probability(p[r, j]) * y[r, j]
+        total -= np.log(s)
+    return total / p.shape[0]
+
+
+@jit
+def cce_backward_labels(p, y):
+    out = np.zeros(p.shape, p.dtype)
+    n = p.shape[0]
+    for r in range(n):
+        out[r, y[r]] = -1 / (p[r, y[r]] * n)
+    return out
+
+
+@jit
+def cce_backward_onehot(p, y):
+    out = np.empty(p.shape, p.dtype)
+    n = p.shape[0]
+    for r in range(n):
+        for j in range(p.shape[1]):
+            out[r, j] = -y[r, j] / (p[r, j] * n)
+    return out
+
+
+@jit
+def softmax_cce_backward_labels(p, y):
+    out = p.copy()
+    inv = p.dtype.type(1.0 / p.shape[0])
+    for r in range(p.shape[0]):
+        out[r, y[r]] -= 1
+        row = out[r]
+        for j in range(row.size):
+            row[j] *= inv
+    return out
+
+
+@jit
+def softmax_cce_backward_onehot(p, y):
+    inv = p.dtype.type(1.0 / p.shape[0])
+    return (p - y) * inv
+
+
+@jit
+def bce_loss(p, y):
+    pf, yf = flat(p), flat(y)
+    total = 0.0
+    for i in range(pf.size):
+        q = clip_probability(pf[i])
+        total -= yf[i] * np.log(q) + (1 - yf[i]) * np.log(1 - q)
+    return total / pf.size
+
+
+@jit
+def bce_backward(p, y):
+    out = np.empty(p.shape, p.dtype)
+    pf, yf, of = flat(p), flat(y), out.ravel()
+    n = pf.size
+    for i in range(n):
+        q = clip_probability(pf[i])
+        of[i] = -(yf[i] / q - (1 - yf[i]) / (1 - q)) / n
+    return out
+
+
+@jit
+def mse_loss(p, y):
+    pf, yf = flat(p), flat(y)
+    total = 0.0
+    for i in range(pf.size):
+        d = yf[i] - pf[i]
+        total += d * d
+    return total / pf.size
+
+
+@jit
+def mse_backward(p, y):
+    out = np.empty(p.shape, p.dtype)
+    pf, yf, of = flat(p), flat(y), out.ravel()
+    scale = p.dtype.type(2.0 / pf.size)
+    for i in range(pf.size):
+        of[i] = (pf[i] - yf[i]) * scale
+    return out
+
+
+@jit
+def mae_loss(p, y):
+    pf, yf = flat(p), flat(y)
+    total = 0.0
+    for i in range(pf.size):
+        total += abs(yf[i] - pf[i])
+    return total / pf.size
+
+
+@jit
+def mae_backward(p, y):
+    out = np.empty(p.shape, p.dtype)
+    pf, yf, of = flat(p), flat(y), out.ravel()
+    scale = p.dtype.type(pf.size)
+    for i in range(pf.size):
+        of[i] = np.sign(pf[i] - yf[i]) / scale
+    return out
+
+
+# ====================================================================== kernels: regularization, dropout
+@jit
+def regularization_loss(w, l1, l2):
+    wf = flat(w)
+    a = s = 0.0
+    for i in range(wf.size):
+        a += abs(wf[i])
+        s += wf[i] * wf[i]
+    return l1 * a + l2 * s
+
+
+@jit
+def regularization_backward(w, dw, l1, l2):
+    """``dw += l1 * sign(w) + 2 * l2 * w`` on flat contiguous views, in place."""
+    a, b = w.dtype.type(l1), w.dtype.type(2 * l2)
+    for i in range(w.size):
+        dw[i] += a * np.sign(w[i]) + b * w[i]
+
+
+@jit
+def dropout_scale(u, rate, out):
+    """``out = (u >= rate) / (1 - rate)`` for uniform draws ``u`` (flat views)."""
+    keep = out.dtype.type(1.0 / (1.0 - rate))
+    for i in range(u.size):
+        out[i] = keep if u[i] >= rate else 0
+
+
+@jit
+def multiply(a, b):
+    out = np.empty(a.shape, a.dtype)
+    af, bf, of = flat(a), flat(b), out.ravel()
+    for i in range(of.size):
+        of[i] = af[i] * bf[i]
+    return out
+
+
+# ====================================================================== kernels: optimizers
+# Flat contiguous views, updated in place; shared with the compiled step.
+@jit
+def sgd_update(param, grad, lr):
+    step = param.dtype.type(lr)
+    for i in range(param.size):
+        param[i] -= step * grad[i]
+
+
+@jit
+def sgd_momentum_update(param, grad, velocity, lr, momentum):
+    step, mom = param.dtype.type(lr), param.dtype.type(momentum)
+    for i in range(param.size):
+        v = mom * velocity[i] - step * grad[i]
+        velocity[i] = v
+        param[i] += v
+
+
+@jit
+def adagrad_update(param, grad, cache, lr, epsilon):
+    step, eps = param.dtype.type(lr), param.dtype.type(epsilon)
+    for i in range(param.size):
+        c = cache[i] + grad[i] * grad[i]
+        cache[i] = c
+        param[i] -= step * grad[i] / (np.sqrt(c) + eps)
+
+
+@jit
+def rmsprop_update(param, grad, cache, lr, rho, epsilon):
+    t = param.dtype.type
+    step, r, r1, eps = t(lr), t(rho), t(1 - rho), t(epsilon)
+    for i in range(param.size):
+        c = r * cache[i] + r1 * grad[i] * grad[i]
+        cache[i] = c
+        param[i] -= step * grad[i] / (np.sqrt(c) + eps)
+
+
+@jit
+def adam_update(param, grad, m, v, lr, beta_1, beta_2, epsilon, step):
+    t = param.dtype.type
+    b1, b1c, b2, b2c, eps, rate = t(beta_1), t(1 - beta_1), t(beta_2), t(1 - beta_2), t(epsilon), t(lr)
+    m_scale, v_scale = t(1 / (1 - beta_1**step)), t(1 / (1 - beta_2**step))
+    for i in range(param.size):
+        g = grad[i]
+        mi = b1 * m[i] + b1c * g
+        vi = b2 * v[i] + b2c * g * g
+        m[i] = mi
+        v[i] = vi
+        param[i] -= rate * (mi * m_scale) / (np.sqrt(vi * v_scale) + eps)
+
+
+# ====================================================================== kernels: metrics
+@jit
+def argmax(x):
+    out = np.empty(x.shape[0], np.int64)
+    for r in range(x.shape[0]):
+        out[r] = argmax_at(x, r)
+    return out
+
+
+@jit
+def categorical_accuracy_labels(p, y):
+    hits = 0
+    for r in range(p.shape[0]):
+        hits += argmax_at(p, r) == y[r]
+    return hits / p.shape[0]
+
+
+@jit
+def categorical_accuracy_onehot(p, y):
+    hits = 0
+    for r in range(p.shape[0]):
+        hits += argmax_at(p, r) == argmax_at(y, r)
+    return hits / p.shape[0]
+
+
+@jit
+def binary_accuracy(p, y):
+    pf, yf = flat(p), flat(y)
+    hits = 0
+    for i in range(pf.size):
+        hits += (pf[i] > 0.5) == (yf[i] > 0.5)
+    return hits / pf.size
+
+
+@jit
+def regression_accuracy(p, y, precision):
+    pf, yf = flat(p), flat(y)
+    hits = 0
+    for i in range(pf.size):
+        hits += abs(pf[i] - yf[i]) < precision
+    return hits / pf.size
+
+
+@njit(cache=True, nogil=True)
+def finite_bits(bits, exponent):
+    """No element has every exponent bit set (the IEEE pattern of Inf and NaN)."""
+    bad = False
+    for i in range(bits.size):
+        bad = bad | ((bits[i] & exponent) == exponent)
+    return not bad
+
+
+@njit(cache=True, nogil=True)
+def all_finite(a):
+    """Whether the flat contiguous view ``a`` holds no NaN or Inf (integer tests: no fast-math folding)."""
+    if a.itemsize == 4:
+        return finite_bits(a.view(np.uint32), np.uint32(0x7F800000))
+    return finite_bits(a.view(np.uint64), np.uint64(0x7FF0000000000000))
+
+
+# ====================================================================== compiled step
+#: Rows per block in the small-network pass: every block's activations stay in L1 cache.
+BLOCK_ROWS = 64
+
+
+def output_block(mode, z, y, start, scale, precision, tmp):
+    """Loss of the output rows ``z`` against targets ``y[start:]``; writes dLoss/dz into ``z``.
+
+    Returns ``(summed loss, summed accuracy count)`` over the block's rows; ``tmp``
+    is a scratch row buffer.
+    """
+
+
+@overload(output_block, jit_options={"fastmath": FASTMATH})
+def _output_block(mode, z, y, start, scale, precision, tmp):
+    if y.ndim == 1:  # integer class labels: softmax + cross-entropy
+        def labels(mode, z, y, start, scale, precision, tmp):
+            softmax_rows(z, z, tmp)
+            loss = hits = 0.0
+            for r in range(z.shape[0]):
+                row_loss, hit = cce_row(z, r, y[start + r])
+                loss += row_loss
+                hits += hit
+            scale_rows(z, scale)
+            return loss, hits
+        return labels
+
+    def rows(mode, z, y, start, scale, precision, tmp):
+        if mode != SOFTMAX_CCE:
+            return mse_block(z, y, start, scale, precision)
+        softmax_rows(z, z, tmp)
+        loss = hits = 0.0
+        for r in range(z.shape[0]):  # one-hot rows
+            row_loss, hit = cce_row(z, r, argmax_at(y, start + r))
+            loss += row_loss
+            hits += hit
+        scale_rows(z, scale)
+        return loss, hits
+    return rows
+
+
+@inline
+def cce_row(p, r, label):
+    """Cross-entropy and hit of probability row ``r``; turns the row into ``p - one_hot``."""
+    loss = -np.log(clip_probability(p[r, label]))
+    hit = argmax_at(p, r) == label
+    p[r, label] -= 1
+    return loss, hit
+
+
+@inline
+def scale_rows(z, scale):
+    s = z.dtype.type(scale)
+    for r in range(z.shape[0]):
+        for j in range(z.shape[1]):
+            z[r, j] *= s
+
+
+@inline
+def mse_block(z, t, start, scale, precision):
+    loss = 0.0
+    hits = 0
+    s = z.dtype.type(scale)
+    for r in range(z.shape[0]):
+        for j in range(z.shape[1]):
+            d = z[r, j] - t[start + r, j]
+            loss += d * d
+            hits += abs(d) < precision
+            z[r, j] = d * s
+    return loss / z.shape[1], hits / z.shape[1]
+
+
+@jit
+def transpose_into(a, out):
+    for i in range(a.shape[0]):
+        for j in range(a.shape[1]):
+            out[j, i] = a[i, j]
+
+
+@jit
+def block_forward(a, W, WT, b, out, narrow, blas, code, alpha):
+    """``out = act(a @ W + b)``: BLAS, or loops whose inner loop runs over the longer of inputs and outputs.
+
+    ``narrow`` layers (few outputs) take dot products over the inputs with ``WT = W.T``.
+    Loops index 2-D arrays directly: a row view per row would cost reference counting.
+    """
+    n, i, o = a.shape[0], a.shape[1], out.shape[1]
+    if blas:
+        np.dot(a, W, out)
+        for r in range(n):  # bias and activation in one pass over each row
+            for q in range(o):
+                out[r, q] += b[q]
+            act_forward_at(code, alpha, out, r)
+    elif narrow:
+        for r in range(n):
+            for q in range(o):
+                acc = b[q]
+                for k in range(i):
+                    acc += a[r, k] * WT[q, k]
+                out[r, q] = acc
+            act_forward_at(code, alpha, out, r)
+    else:
+        for r in range(n):
+            for q in range(o):
+                out[r, q] = b[q]
+            for k in range(i):
+                ak = a[r, k]
+                for q in range(o):
+                    out[r, q] += ak * W[k, q]
+            act_forward_at(code, alpha, out, r)
+
+
+@jit
+def block_backward(a, d, W, WT, dW, dWT, db, dx, narrow, blas, need_dx, sum_db):
+    """Add the block's ``dW`` (``dWT`` for narrow layers) and, if ``sum_db``, its ``db``; write ``dx = d @ W.T``.
+
+    The BLAS variant runs on the whole batch at once and overwrites ``dW``.
+    """
+    n, i, o = a.shape[0], a.shape[1], d.shape[1]
+    if sum_db:
+        for r in range(n):
+            for q in range(o):
+                db[q] += d[r, q]
+    if blas:
+        np.dot(a.T, d, dW)
+        if need_dx:
+            np.dot(d, W.T, dx)
+    elif narrow:  # one pass over (row, output) updates dWT and dx together
+        for r in range(n):
+            if need_dx:
+                for k in range(i):
+                    dx[r, k] = 0
+            for q in range(o):
+                dq = d[r, q]
+                if need_dx:
+                    for k in range(i):
+                        dWT[q, k] += dq * a[r, k]
+                        dx[r, k] += dq * WT[q, k]
+                else:
+                    for k in range(i):
+                        dWT[q, k] += dq * a[r, k]
+    else:  # one pass over (row, input) updates dW and dx together
+        for r in range(n):
+            for k in range(i):
+                ak = a[r, k]
+                if need_dx:
+                    acc = d[r, 0] * 0
+                    for q in range(o):
+                        dW[k, q] += ak * d[r, q]
+                        acc += W[k, q] * d[r, q]
+                    dx[r, k] = acc
+                else:
+                    for q in range(o):
+                        dW[k, q] += ak * d[r, q]
+
+
+@jit
+def network_pass(x, y, mode, blas, Ws, WTs, bs, dWs, dWTs, dbs, hs, ds, tmp, codes, alphas, narrow, precision):
+    """Forward, loss and backward over the batch; fills ``dWs`` and ``dbs``; returns (mean loss, accuracy).
+
+    ``blas``: one block of the whole batch with BLAS products (large layers); otherwise
+    blocks of ``BLOCK_ROWS`` rows with loop products, so a small network's work stays in cache.
+    """
+    n = x.shape[0]
+    L = len(Ws)
+    for l in range(L):
+        dbs[l][:] = 0
+        if not blas:
+            dWs[l][:] = 0
+        if narrow[l]:
+            transpose_into(Ws[l], WTs[l])
+            dWTs[l][:] = 0
+    scale = 1.0 / n if mode == SOFTMAX_CCE else 2.0 / (n * ds[L - 1].shape[1])
+    block = n if blas else BLOCK_ROWS
+    loss = hits = 0.0
+    for start in range(0, n, block):
+        stop = min(start + block, n)
+        m = stop - start
+        a = x[start:stop]
+        for l in range(L):
+            h = hs[l][:m]
+            block_forward(a, Ws[l], WTs[l], bs[l], h, narrow[l], blas, codes[l] if l < L - 1 else LINEAR, alphas[l])
+            a = h
+        d = ds[L - 1][:m]
+        d[:] = a
+        block_loss, block_hits = output_block(mode, d, y, start, scale, precision, tmp)
+        loss += block_loss
+        hits += block_hits
+        for l in range(L - 1, -1, -1):
+            a = x[start:stop] if l == 0 else hs[l - 1][:m]
+            dx = ds[l - 1][:m] if l > 0 else d
+            block_backward(a, ds[l][:m], Ws[l], WTs[l], dWs[l], dWTs[l], dbs[l], dx, narrow[l], blas, l > 0,
+                           l == L - 1)
+            if l > 0:  # the activation's derivative and the lower layer's db in one pass
+                db = dbs[l - 1]
+                for r in range(m):
+                    act_backward_at(codes[l - 1], alphas[l - 1], a, dx, r)
+                    for q in range(dx.shape[1]):
+                        db[q] += dx[r, q]
+    for l in range(L):
+        if narrow[l]:
+            transpose_into(dWTs[l], dWs[l])
+    return loss / n, hits / n
+
+
+@jit
+def apply_update(params, grads, state1, state2, regs, opt, hyper, step):
+    """Regularization gradient, finiteness check and optimizer update for every parameter.
+
+    Returns False (and changes nothing) when a gradient is not finite.
+    """
+    for i in range(len(params)):
+        l1, l2 = regs[i, 0], regs[i, 1]
+        if l1 or l2:
+            regularization_backward(params[i].ravel(), grads[i].ravel(), l1, l2)
+    for i in range(len(grads)):
+        if not all_finite(grads[i].ravel()):
+            return False
+    lr = hyper[0]
+    for i in range(len(params)):
+        p, g = params[i].ravel(), grads[i].ravel()
+        if opt == SGD:
+            sgd_update(p, g, lr)
+        elif opt == SGD_MOMENTUM:
+            sgd_momentum_update(p, g, state1[i].ravel(), lr, hyper[1])
+        else:
+            adam_update(p, g, state1[i].ravel(), state2[i].ravel(), lr, hyper[1], hyper[2], hyper[3], step)
+    return True
+
+
+@jit
+def train_step(x, y, mode, blas, Ws, WTs, bs, dWs, dWTs, dbs, hs, ds, tmp, codes, alphas, narrow, precision,
+               params, grads, state1, state2, regs, opt, hyper, step):
+    """One whole training step; returns ``(data_loss, accuracy, finite)``."""
+    loss, acc = network_pass(x, y, mode, blas, Ws, WTs, bs, dWs, dWTs, dbs, hs, ds, tmp, codes, alphas, narrow,
+                             precision)
+    if not np.isfinite(loss):
+        return loss, acc, False
+    return loss, acc, apply_update(params, grads, state1, state2, regs, opt, hyper, step)
