@@ -6,6 +6,7 @@ Numba backend has.
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -77,12 +78,12 @@ def test_missing_dependency_gives_the_install_command(missing):
 
 
 def test_info_reports_native_kernels_blas_and_threads():
-    proc = run_python("import sys; from nnbackends.cli import main; sys.exit(main(['info']))")
+    proc = run_python("import sys; from nnbackends.cli import main; sys.exit(main(['info', '--json']))")
     assert proc.returncode == 0, proc.stderr
-    line = next(l for l in proc.stdout.splitlines() if l.strip().startswith("numba"))
-    assert f"native kernels: {len(KERNELS)}" in line
-    assert "BLAS: dense_forward, dense_backward" in line
-    assert "'threading_layer':" in line and "'threads':" in line
+    numba = json.loads(proc.stdout)["backends"]["numba"]
+    assert numba["native_kernels"] == list(KERNELS)
+    assert numba["blas_kernels"] == ["dense_forward", "dense_backward"]
+    assert "threading_layer" in numba["facts"] and numba["facts"]["threads"] >= 1
 
 
 def test_warmup_compiles_what_fit_needs():
@@ -243,3 +244,10 @@ def test_divergence_is_reported_from_the_compiled_step():
         model.fit(X, y, epochs=1, verbose=0, compiled=True)
     for got, want in zip(model.get_weights(), before):
         np.testing.assert_array_equal(got, want)
+
+
+def test_kernel_constants_match_the_reference():
+    """numba_kernels copies base.CLIP (an import would be frozen into cached kernels)."""
+    from nnbackends.backends import base, numba_kernels
+
+    assert numba_kernels.CLIP == base.CLIP

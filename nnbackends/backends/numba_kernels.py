@@ -32,7 +32,8 @@ LINEAR, RELU, LEAKY_RELU, SIGMOID, TANH = 0, 1, 2, 3, 4
 SOFTMAX_CCE, LINEAR_MSE = 0, 1
 #: Optimizer codes of the compiled step.
 SGD, SGD_MOMENTUM, ADAM = 0, 1, 2
-#: Probability clipping of the cross-entropy losses (``base.CLIP``).
+#: Probability clipping of the cross-entropy losses. A copy of ``base.CLIP``, not an
+#: import: a cached kernel would keep an old imported value (a test keeps them equal).
 CLIP = 1e-7
 
 
@@ -133,9 +134,15 @@ def flat(a):
 @inline
 def clip_probability(p):
     """``clip(p, CLIP, 1 - CLIP)`` that lets NaN through, as ``np.clip`` does."""
+    return min(at_least_clip(p), 1 - CLIP)
+
+
+@inline
+def at_least_clip(p):
+    """``maximum(p, CLIP)`` that lets NaN through, as ``np.maximum`` does."""
     if p < CLIP:
         return CLIP
-    return min(p, 1 - CLIP)
+    return p
 
 
 # ====================================================================== kernels: dense
@@ -244,7 +251,7 @@ def cce_backward_labels(p, y):
     out = np.zeros(p.shape, p.dtype)
     n = p.shape[0]
     for r in range(n):
-        out[r, y[r]] = -1 / (p[r, y[r]] * n)
+        out[r, y[r]] = -1 / (at_least_clip(p[r, y[r]]) * n)
     return out
 
 
@@ -254,7 +261,7 @@ def cce_backward_onehot(p, y):
     n = p.shape[0]
     for r in range(n):
         for j in range(p.shape[1]):
-            out[r, j] = -y[r, j] / (p[r, j] * n)
+            out[r, j] = -y[r, j] / (at_least_clip(p[r, j]) * n)
     return out
 
 
