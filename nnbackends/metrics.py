@@ -8,6 +8,7 @@ from .validation import check_choice, check_float
 
 class Metric:
     name = "accuracy"
+    kernel: str  # the backend kernel that computes it (read by compiled steps)
 
     def bind(self, backend):
         self.backend = backend
@@ -26,12 +27,16 @@ class Metric:
 class CategoricalAccuracy(Metric):
     """Fraction of samples whose highest output is the true class."""
 
+    kernel = "categorical_accuracy"
+
     def __call__(self, p, y):
         return self.backend.categorical_accuracy(p, y)
 
 
 class BinaryAccuracy(Metric):
     """Fraction of outputs on the right side of 0.5."""
+
+    kernel = "binary_accuracy"
 
     def __call__(self, p, y):
         return self.backend.binary_accuracy(p, y)
@@ -42,6 +47,8 @@ class RegressionAccuracy(Metric):
 
     ``precision=None`` uses the nnfs book's choice, std(y_train) / 250.
     """
+
+    kernel = "regression_accuracy"
 
     def __init__(self, precision=None):
         self.precision = None if precision is None else check_float("precision", precision, low=0.0, low_open=True)

@@ -26,6 +26,7 @@ import numpy as np
 
 from ..errors import BackendUnavailableError
 from .base import ArrayBackend
+from .step_plan import step_plan
 
 KERNEL_FILE = "cuda_kernels.cu"
 #: Every kernel defined in ``cuda_kernels.cu`` (a test checks the list against the compiled code).
@@ -343,38 +344,6 @@ class CupyArrayCode(ArrayBackend):
 
 
 # ---------------------------------------------------------------------- the compiled step
-_STEP_OPTIMIZERS = ("sgd", "adam")
-
-
-def step_plan(model):
-    """``[(dense_layer, activation_kind, alpha), ...]`` when ``model`` qualifies for the compiled step, else None.
-
-    Qualifying: Dense layers each followed by one of ReLU, LeakyReLU, Sigmoid,
-    Tanh, Linear, the last being Softmax with categorical cross-entropy or
-    Linear with MSE; SGD (with or without momentum) or Adam; any metric of
-    the loss's kind. Layers are recognised by what they carry (backends know
-    no layer classes): a Dense layer has ``W`` and ``b``, an activation its ``kernel``.
-    """
-    layers, loss, opt = model.layers, model.loss, model.optimizer
-    if loss is None or opt is None or opt.name not in _STEP_OPTIMIZERS or len(layers) % 2:
-        return None
-    output = "softmax" if loss.name == "categorical_crossentropy" else "linear" if loss.name == "mse" else None
-    plan = []
-    for i in range(0, len(layers), 2):
-        dense, act = layers[i], layers[i + 1]
-        kind = getattr(act, "kernel", None)
-        last = i == len(layers) - 2
-        if not (hasattr(dense, "W") and hasattr(dense, "b")):
-            return None
-        if (last and kind != output) or (not last and kind not in ACTIVATIONS):
-            return None
-        plan.append((dense, kind, float(getattr(act, "alpha", 0.0))))
-    metric = model.metric
-    if metric is not None and type(metric).__name__ not in ("CategoricalAccuracy", "RegressionAccuracy"):
-        return None
-    return plan
-
-
 class _Buffers:
     """Every array one batch shape's step touches, allocated once."""
 

@@ -17,6 +17,7 @@ import functools
 import numpy as np
 
 from . import numba_kernels as K
+from .step_plan import step_plan
 
 #: Networks with at most this many weights run the cache-blocked loop pass; larger ones use BLAS.
 LOOP_MAX_WEIGHTS = 16_384
@@ -43,46 +44,16 @@ def small_gemm_is_fast() -> bool:
                for info in threadpool_info() if "scipy" in str(info.get("filepath", "")))
 
 
-def _structure(model):
-    """``(dense layers, activation codes, alphas, output mode)`` or None when the model does not qualify."""
-    from ..layers import Dense, LeakyReLU, Linear, ReLU, Sigmoid, Softmax, Tanh
-    from ..losses import CategoricalCrossentropy, MeanSquaredError
-    from ..metrics import CategoricalAccuracy, RegressionAccuracy
-
-    codes = {ReLU: K.RELU, LeakyReLU: K.LEAKY_RELU, Sigmoid: K.SIGMOID, Tanh: K.TANH, Linear: K.LINEAR}
-    dense, acts, alphas = [], [], []
-    for layer in model.layers:
-        kind = type(layer)
-        if kind is Dense:
-            dense.append(layer)
-            acts.append(K.LINEAR)
-            alphas.append(0.0)
-        elif kind in codes and dense and acts[-1] == K.LINEAR:
-            acts[-1] = codes[kind]
-            alphas[-1] = float(getattr(layer, "alpha", 0.0))
-        elif kind is Softmax and dense and acts[-1] == K.LINEAR and layer is model.layers[-1]:
-            acts[-1] = -1
-        else:
-            return None
-    loss, metric = type(model.loss), type(model.metric) if model.metric is not None else None
-    if acts[-1] == -1 and loss is CategoricalCrossentropy and metric in (None, CategoricalAccuracy):
-        mode = K.SOFTMAX_CCE
-    elif acts[-1] == K.LINEAR and loss is MeanSquaredError and metric in (None, RegressionAccuracy):
-        mode = K.LINEAR_MSE
-    else:
-        return None
-    return dense, acts, alphas, mode
+#: Activation codes of the step by kernel name ("softmax" marks the Softmax+CCE output).
+ACTIVATION_CODES = {"linear": K.LINEAR, "relu": K.RELU, "leaky_relu": K.LEAKY_RELU, "sigmoid": K.SIGMOID,
+                    "tanh": K.TANH, "softmax": K.LINEAR}
 
 
 def _optimizer(opt):
-    """``(code, state names)`` for the optimizers the step supports, else None."""
-    from ..optimizers import SGD, Adam
-
-    if type(opt) is Adam:
+    """``(code, state names)`` of a qualifying optimizer (``step_plan`` admits SGD and Adam)."""
+    if opt.name == "adam":
         return K.ADAM, ("m", "v")
-    if type(opt) is SGD:
-        return (K.SGD_MOMENTUM, ("velocity",)) if opt.momentum else (K.SGD, ())
-    return None
+    return (K.SGD_MOMENTUM, ("velocity",)) if opt.momentum else (K.SGD, ())
 
 
 def _hyper(opt, code):
@@ -94,11 +65,14 @@ def _hyper(opt, code):
 
 def compile_step(model):
     """A ``step(x, y) -> (data_loss, accuracy, finite)`` for ``model``, or None if it does not qualify."""
-    structure = _structure(model)
-    optimizer = _optimizer(model.optimizer)
-    if structure is None or optimizer is None:
+    plan = step_plan(model)
+    if plan is None:
         return None
-    return CompiledStep(model, *structure, *optimizer)
+    dense = [stage.dense for stage in plan]
+    acts = [ACTIVATION_CODES[stage.activation] for stage in plan]
+    alphas = [stage.alpha for stage in plan]
+    mode = K.SOFTMAX_CCE if plan[-1].activation == "softmax" else K.LINEAR_MSE
+    return CompiledStep(model, dense, acts, alphas, mode, *_optimizer(model.optimizer))
 
 
 class CompiledStep:
