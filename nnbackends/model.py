@@ -11,6 +11,7 @@ import contextlib
 import math
 import signal
 import threading
+import time
 
 import numpy as np
 
@@ -33,7 +34,17 @@ class History:
     def __init__(self):
         self.history: dict[str, list[float]] = {}
         self.epochs = 0
+        self.steps = 0  # training steps completed
+        self.seconds = 0.0  # wall-clock time of the training loop
+        self.first_epoch_seconds = None  # includes compiling, where a backend compiles on first use
         self.interrupted = False
+
+    @property
+    def steps_per_second(self):
+        """Steady-state speed: steps after the first epoch per second after it (None before a second epoch)."""
+        if self.epochs < 2 or self.seconds <= self.first_epoch_seconds:
+            return None
+        return (self.steps - self.steps / self.epochs) / (self.seconds - self.first_epoch_seconds)
 
     def append(self, logs: dict):
         for key, value in logs.items():
@@ -217,6 +228,7 @@ class Model:
         opt = self.optimizer
         regularized = [p for p in self.params() if p.regularized]
         # A step that overflows raises TrainingDivergedError below; NumPy's warnings would only repeat it.
+        start = time.perf_counter()
         with _deferred_interrupt() as interrupted, np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             for epoch in range(1, epochs + 1):
                 xe, ye = x, y_dev
@@ -233,6 +245,7 @@ class Model:
                     if not finite:
                         raise self._diverged(epoch, s + 1, history, data_loss)
                     opt.post_update()
+                    history.steps += 1
                     weight = xb.shape[0] / n
                     loss_sum = loss_sum + data_loss * weight
                     if acc is not None:
@@ -246,6 +259,9 @@ class Model:
                     if val is not None:
                         logs.update({"val_" + k: v for k, v in self._evaluate_device(*val).items()})
                     history.append(logs)
+                    history.seconds = time.perf_counter() - start
+                    if epoch == 1:
+                        history.first_epoch_seconds = history.seconds
                     progress.epoch_end(epoch, logs)
                 if interrupted():
                     history.interrupted = True

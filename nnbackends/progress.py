@@ -51,12 +51,18 @@ class LogLines(Silent):
         self.epochs, self.every, self.steps_per_epoch = epochs, every, steps_per_epoch
         self.stream = stream or sys.stderr
         self.start = self.last = time.perf_counter()
+        self.first_end = None  # the rate leaves out the first epoch, which holds any compiling
 
     def epoch_end(self, epoch, logs):
         now = time.perf_counter()
+        if epoch == 1:
+            self.first_end = now
         if epoch % self.every == 0 or epoch == self.epochs or now - self.last >= self.max_silence:
             self.last = now
-            rate = format_rate(epoch, epoch * self.steps_per_epoch, now - self.start)
+            if epoch > 1:
+                rate = format_rate(epoch - 1, (epoch - 1) * self.steps_per_epoch, now - self.first_end)
+            else:
+                rate = format_rate(1, self.steps_per_epoch, now - self.start)
             print(f"epoch {epoch}/{self.epochs}  {format_logs(logs)}  ({rate}, {now - self.start:.1f} s)",
                   file=self.stream, flush=True)
 

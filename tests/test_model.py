@@ -108,3 +108,16 @@ def test_predict_batches_match_full_batch():
 def test_summary_counts_parameters():
     text = small_model().summary(print_fn=None)
     assert "total parameters: 33" in text  # 2*5 + 5 + 5*3 + 3
+
+
+def test_history_times_the_first_epoch_apart_from_the_steady_state():
+    X, y = spiral_data(20, 3)
+    model = Model(backend="numpy", seed=0)
+    model.add(Dense(2, 8)).add(ReLU()).add(Dense(8, 3)).add(Softmax())
+    model.compile(optimizer="adam")
+    one = model.fit(X, y, epochs=1, verbose=0)
+    assert one.steps == 1 and one.steps_per_second is None and one.first_epoch_seconds == one.seconds
+    many = model.fit(X, y, epochs=4, batch_size=25, verbose=0)
+    assert many.steps == 4 * 3
+    assert 0 < many.first_epoch_seconds < many.seconds
+    assert many.steps_per_second == pytest.approx(9 / (many.seconds - many.first_epoch_seconds))
