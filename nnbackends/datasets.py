@@ -14,23 +14,25 @@ from .validation import check_fraction, check_positive_int, check_seed
 
 def spiral_data(samples, classes, seed=0):
     """``classes`` interleaved spiral arms of ``samples`` points each: X (n, 2) float32, y (n,) uint8."""
-    samples = check_positive_int("samples", samples)
-    classes = check_positive_int("classes", classes)
-    rs = np.random.RandomState(check_seed("seed", seed))
-    X = np.zeros((samples * classes, 2), dtype=np.float32)
-    y = np.zeros(samples * classes, dtype=np.uint8)
-    r = np.linspace(0.0, 1, samples)
-    for c in range(classes):
-        rows = slice(samples * c, samples * (c + 1))
-        noise = rs.randn(samples).astype(np.float32) * 0.2
-        t = np.linspace(c * 4, (c + 1) * 4, samples) + noise
-        X[rows] = np.c_[r * np.sin(t * 2.5), r * np.cos(t * 2.5)]
-        y[rows] = c
-    return X, y
+    def arm(rs, c, samples):
+        r = np.linspace(0.0, 1, samples)
+        t = np.linspace(c * 4, (c + 1) * 4, samples) + rs.randn(samples).astype(np.float32) * 0.2
+        return np.c_[r * np.sin(t * 2.5), r * np.cos(t * 2.5)]
+
+    return _by_class(samples, classes, seed, arm)
 
 
 def vertical_data(samples, classes, seed=0):
     """``classes`` vertical blobs of ``samples`` points each: X (n, 2) float32, y (n,) uint8."""
+    def blob(rs, c, samples):
+        return np.c_[rs.randn(samples).astype(np.float32) * 0.1 + c / 3,
+                     rs.randn(samples).astype(np.float32) * 0.1 + 0.5]
+
+    return _by_class(samples, classes, seed, blob)
+
+
+def _by_class(samples, classes, seed, points):
+    """nnfs's layout: ``points(rs, c, samples)`` gives class c's (samples, 2) block, classes in order."""
     samples = check_positive_int("samples", samples)
     classes = check_positive_int("classes", classes)
     rs = np.random.RandomState(check_seed("seed", seed))
@@ -38,9 +40,7 @@ def vertical_data(samples, classes, seed=0):
     y = np.zeros(samples * classes, dtype=np.uint8)
     for c in range(classes):
         rows = slice(samples * c, samples * (c + 1))
-        a = rs.randn(samples).astype(np.float32) * 0.1 + c / 3
-        b = rs.randn(samples).astype(np.float32) * 0.1 + 0.5
-        X[rows] = np.c_[a, b]
+        X[rows] = points(rs, c, samples)
         y[rows] = c
     return X, y
 
