@@ -35,14 +35,8 @@ timeout 330 python3 -m pytest tests -m gpu -q -p no:cacheprovider -rfEs || statu
 stage "the other tests that name cupy (NVRTC checks, NumPy stand-in, any unmarked cupy case)"
 timeout 120 python3 -m pytest tests -k cupy -m "not gpu" -q -p no:cacheprovider -rfE || status=1
 
-stage "GPU benchmarks"
-if python3 -m nnbackends bench --help >/dev/null 2>&1; then
-    timeout 150 python3 -m nnbackends bench --backends cupy,numpy --quick || status=1
-elif ls benchmarks/*.py >/dev/null 2>&1; then
-    timeout 150 python3 -m pytest benchmarks --benchmark-only -k cupy -q -p no:cacheprovider || status=1
-else
-    echo "no benchmark suite in this checkout (neither 'nnbackends bench' nor benchmarks/*.py)"
-fi
+stage "GPU benchmarks (nnbackends bench: cupy beside numpy and PyTorch CUDA eager)"
+timeout 150 python3 -m nnbackends bench --backends cupy,numpy,torch-cuda --quick || status=1
 
 stage "CuPy backend vs PyTorch CUDA eager, same card, same run (medians of 3, data on the device)"
 timeout 150 python3 - <<'EOF' || status=1
