@@ -3,9 +3,12 @@
 A *case* is one piece of work (a training workload or a kernel at a size) on
 one backend (or on a PyTorch eager peer, ``"torch"`` or ``"torch-cuda"``). Cases of the same work are
 set up first (``backend.warmup()``, then a first untimed call, both timed and
-reported apart), then timed in interleaved rounds, so a change in the load of
-the machine hits every backend alike. Each figure is the median over rounds of
-the time per step (training) or per call (kernels).
+reported apart), then timed backend after backend, each in consecutive rounds.
+Backends are not interleaved round by round: NumPy's and SciPy's OpenBLAS and
+PyTorch's OpenMP keep separate thread pools that spin for a while after each
+call, and alternating them on a small machine made each slow down the next
+(a Numba round after a PyTorch one ran up to 8 times slower here). Each figure
+is the median over rounds of the time per step (training) or per call (kernels).
 
 FLOPs: matrix products count exactly (2·n·i·o each, plus the bias additions);
 elementwise work counts a nominal number of operations per element
@@ -475,14 +478,19 @@ def calibrate(case, min_round_s) -> int:
 
 
 def measure(cases, repeats, min_round_s) -> dict:
-    """Per case the per-call times of ``repeats`` interleaved rounds."""
-    numbers = {id(c): calibrate(c, min_round_s) for c in cases}
-    times = {id(c): [] for c in cases}
-    for _ in range(repeats):
-        for c in cases:
+    """Per case the per-call times of ``repeats`` consecutive rounds, one case after another.
+
+    Calibrating a case first also lets the previous case's spinning threads go idle.
+    """
+    times = {}
+    for c in cases:
+        number = calibrate(c, min_round_s)
+        rounds = []
+        for _ in range(repeats):
             start = time.perf_counter()
-            done = c.run(numbers[id(c)])
-            times[id(c)].append((time.perf_counter() - start) / done)
+            done = c.run(number)
+            rounds.append((time.perf_counter() - start) / done)
+        times[id(c)] = rounds
     return times
 
 
