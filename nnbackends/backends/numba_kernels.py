@@ -49,42 +49,43 @@ def inline(fn):
 # ====================================================================== elementwise rows
 # Row helpers work on 1-D contiguous views and are shared by the kernels and the step.
 @inline
-def act_forward_at(code, alpha, v, r):
-    """Apply activation ``code`` to row ``r`` of the 2-D array ``v`` in place (one loop per code)."""
+def act_forward_at(code, alpha, v, r, n):
+    """Apply activation ``code`` to the first ``n`` entries of row ``r`` of the 2-D array ``v`` in place."""
     half = v.dtype.type(0.5)
     a = v.dtype.type(alpha)
     if code == RELU:
-        for i in range(v.shape[1]):
+        for i in range(n):
             v[r, i] = 0 if v[r, i] <= 0 else v[r, i]
     elif code == LEAKY_RELU:
-        for i in range(v.shape[1]):
+        for i in range(n):
             v[r, i] = v[r, i] if v[r, i] > 0 else v[r, i] * a
     elif code == SIGMOID:
-        for i in range(v.shape[1]):
+        for i in range(n):
             v[r, i] = half + half * np.tanh(half * v[r, i])
     elif code == TANH:
-        for i in range(v.shape[1]):
+        for i in range(n):
             v[r, i] = np.tanh(v[r, i])
 
 
 @inline
-def act_backward_at(code, alpha, h, d, r):
-    """Multiply row ``r`` of the gradient ``d`` by the activation's derivative, given its output ``h``.
+def act_backward_at(code, alpha, h, d, r, n):
+    """Multiply the first ``n`` entries of row ``r`` of the gradient ``d`` by the activation's derivative.
 
-    ReLU and LeakyReLU (alpha >= 0) keep the sign of their input, so the output decides.
+    ``h`` is the activation's output: ReLU and LeakyReLU (alpha >= 0) keep the sign of their
+    input, so the output decides.
     """
     a = d.dtype.type(alpha)
     if code == RELU:
-        for i in range(d.shape[1]):
+        for i in range(n):
             d[r, i] = d[r, i] * (h[r, i] > 0)
     elif code == LEAKY_RELU:
-        for i in range(d.shape[1]):
+        for i in range(n):
             d[r, i] = d[r, i] if h[r, i] > 0 else d[r, i] * a
     elif code == SIGMOID:
-        for i in range(d.shape[1]):
+        for i in range(n):
             d[r, i] = d[r, i] * h[r, i] * (1 - h[r, i])
     elif code == TANH:
-        for i in range(d.shape[1]):
+        for i in range(n):
             d[r, i] = d[r, i] * (1 - h[r, i] * h[r, i])
 
 
@@ -183,7 +184,7 @@ def dense_input_grad(W, dy):
 @jit
 def activation_forward(code, alpha, x):
     out = x.copy()
-    act_forward_at(code, alpha, out.reshape(1, out.size), 0)
+    act_forward_at(code, alpha, out.reshape(1, out.size), 0, out.size)
     return out
 
 
@@ -191,7 +192,7 @@ def activation_forward(code, alpha, x):
 def activation_backward(code, alpha, h, dy):
     """Backward of an activation given what it keeps (input for ReLU-like, output otherwise)."""
     d = dy.copy()
-    act_backward_at(code, alpha, flat(h).reshape(1, d.size), d.reshape(1, d.size), 0)
+    act_backward_at(code, alpha, flat(h).reshape(1, d.size), d.reshape(1, d.size), 0, d.size)
     return d
 
 
@@ -491,8 +492,11 @@ def all_finite(a):
 
 
 # ====================================================================== compiled step
-#: Rows per block in the small-network pass: every block's activations stay in L1 cache.
-BLOCK_ROWS = 64
+#: Samples per block in the small-network (feature-major) pass.
+BLOCK_COLS = 512
+#: Block widths are padded to a multiple of this (a power of two dividing BLOCK_COLS):
+#: 4 AVX-512 float32 vectors, the unrolled width of the vectorized loops.
+PAD_COLS = 64
 
 
 def output_block(mode, z, y, start, scale, precision, tmp):
@@ -569,163 +573,202 @@ def transpose_into(a, out):
             out[j, i] = a[i, j]
 
 
-@jit
-def block_forward(a, W, WT, b, out, narrow, blas, code, alpha):
-    """``out = act(a @ W + b)``: BLAS, or loops whose inner loop runs over the longer of inputs and outputs.
+# The small-network pass keeps activations feature-major: row k of a buffer holds feature k of
+# the block's first ``m`` samples. Every inner loop then runs over samples, contiguous and as
+# long as the block, so it vectorizes whatever the layer widths (2 inputs, 3 outputs ...).
+@inline
+def chunk_rows(k, i):
+    """Rows ``k .. k+3`` of an ``i``-row operand, those past the end replaced by row ``i - 1``."""
+    last = i - 1
+    return k, min(k + 1, last), min(k + 2, last), min(k + 3, last)
 
-    ``narrow`` layers (few outputs) take dot products over the inputs with ``WT = W.T``.
-    Loops index 2-D arrays directly: a row view per row would cost reference counting.
-    """
-    n, i, o = a.shape[0], a.shape[1], out.shape[1]
-    if blas:
-        np.dot(a, W, out)
-        for r in range(n):  # bias and activation in one pass over each row
-            for q in range(o):
-                out[r, q] += b[q]
-            act_forward_at(code, alpha, out, r)
-    elif narrow:
-        for r in range(n):
-            for q in range(o):
-                acc = b[q]
-                for k in range(i):
-                    acc += a[r, k] * WT[q, k]
-                out[r, q] = acc
-            act_forward_at(code, alpha, out, r)
-    else:
-        for r in range(n):
-            for q in range(o):
-                out[r, q] = b[q]
-            for k in range(i):
-                ak = a[r, k]
-                for q in range(o):
-                    out[r, q] += ak * W[k, q]
-            act_forward_at(code, alpha, out, r)
+
+@inline
+def chunk_weights(W, k, q, i):
+    """``W[k .. k+3, q]``, zero past row ``i - 1`` (their rows from ``chunk_rows`` then add nothing finite)."""
+    zero = W.dtype.type(0)
+    return (W[k, q], W[k + 1, q] if k + 1 < i else zero, W[k + 2, q] if k + 2 < i else zero,
+            W[k + 3, q] if k + 3 < i else zero)
 
 
 @jit
-def block_backward(a, d, W, WT, dW, dWT, db, dx, narrow, blas, need_dx, sum_db):
-    """Add the block's ``dW`` (``dWT`` for narrow layers) and, if ``sum_db``, its ``db``; write ``dx = d @ W.T``.
+def columns_forward(a, W, b, out, m, code, alpha):
+    """``out[:, :m] = act(W.T @ a[:, :m] + b[:, None])``; four inputs per pass over an output row."""
+    i, o = W.shape
+    for q in range(o):
+        for k in range(0, i, 4):
+            k0, k1, k2, k3 = chunk_rows(k, i)
+            w0, w1, w2, w3 = chunk_weights(W, k, q, i)
+            if k == 0:
+                bq = b[q]
+                for r in range(m):
+                    out[q, r] = bq + w0 * a[k0, r] + w1 * a[k1, r] + w2 * a[k2, r] + w3 * a[k3, r]
+            else:
+                for r in range(m):
+                    out[q, r] += w0 * a[k0, r] + w1 * a[k1, r] + w2 * a[k2, r] + w3 * a[k3, r]
+        act_forward_at(code, alpha, out, q, m)
 
-    The BLAS variant runs on the whole batch at once and overwrites ``dW``.
+
+@jit
+def columns_backward(a, d, W, dW, db, dx, m, need_dx, code, alpha):
+    """Add the block's ``db`` and ``dW = a @ d.T``; if ``need_dx``, write ``dx = W @ d`` times the derivative
+    of the activation ``code`` whose output is ``a`` (columns ``:m``). Four outputs per pass over an input row.
     """
-    n, i, o = a.shape[0], a.shape[1], d.shape[1]
-    if sum_db:
-        for r in range(n):
-            for q in range(o):
-                db[q] += d[r, q]
-    if blas:
-        np.dot(a.T, d, dW)
+    i, o = W.shape
+    zero = d.dtype.type(0)
+    for q in range(o):
+        s = zero
+        for r in range(m):
+            s += d[q, r]
+        db[q] += s
+    for k in range(i):
+        for q in range(0, o, 4):
+            q0, q1, q2, q3 = chunk_rows(q, o)
+            w0, w1, w2, w3 = chunk_weights(W.T, q, k, o)
+            s0 = s1 = s2 = s3 = zero
+            for r in range(m):  # the reductions and dx in separate loops: each vectorizes
+                akr = a[k, r]
+                s0 += akr * d[q0, r]
+                s1 += akr * d[q1, r]
+                s2 += akr * d[q2, r]
+                s3 += akr * d[q3, r]
+            if need_dx and q == 0:
+                for r in range(m):
+                    dx[k, r] = w0 * d[q0, r] + w1 * d[q1, r] + w2 * d[q2, r] + w3 * d[q3, r]
+            elif need_dx:
+                for r in range(m):
+                    dx[k, r] += w0 * d[q0, r] + w1 * d[q1, r] + w2 * d[q2, r] + w3 * d[q3, r]
+            dW[k, q0] += s0
+            if q + 1 < o:
+                dW[k, q1] += s1
+            if q + 2 < o:
+                dW[k, q2] += s2
+            if q + 3 < o:
+                dW[k, q3] += s3
         if need_dx:
-            np.dot(d, W.T, dx)
-    elif narrow:  # one pass over (row, output) updates dWT and dx together
-        for r in range(n):
-            if need_dx:
-                for k in range(i):
-                    dx[r, k] = 0
-            for q in range(o):
-                dq = d[r, q]
-                if need_dx:
-                    for k in range(i):
-                        dWT[q, k] += dq * a[r, k]
-                        dx[r, k] += dq * WT[q, k]
-                else:
-                    for k in range(i):
-                        dWT[q, k] += dq * a[r, k]
-    else:  # one pass over (row, input) updates dW and dx together
-        for r in range(n):
-            for k in range(i):
-                ak = a[r, k]
-                if need_dx:
-                    acc = d[r, 0] * 0
-                    for q in range(o):
-                        dW[k, q] += ak * d[r, q]
-                        acc += W[k, q] * d[r, q]
-                    dx[r, k] = acc
-                else:
-                    for q in range(o):
-                        dW[k, q] += ak * d[r, q]
+            act_backward_at(code, alpha, a, dx, k, m)
 
 
 @jit
-def network_pass(x, y, mode, blas, Ws, WTs, bs, dWs, dWTs, dbs, hs, ds, tmp, codes, alphas, narrow, precision):
-    """Forward, loss and backward over the batch; fills ``dWs`` and ``dbs``; returns (mean loss, accuracy).
+def columns_pass(x, y, mode, Ws, bs, dWs, dbs, xT, hs, ds, rows, tmp, codes, alphas, precision):
+    """The small-network pass over blocks of ``BLOCK_COLS`` samples; fills ``dWs``, ``dbs``; (mean loss, accuracy).
 
-    ``blas``: one block of the whole batch with BLAS products (large layers); otherwise
-    blocks of ``BLOCK_ROWS`` rows with loop products, so a small network's work stays in cache.
+    ``xT``, ``hs``, ``ds`` are feature-major block buffers, ``rows`` a sample-major
+    buffer for the output layer, where the loss works on rows. A block's samples are
+    padded with zeros to a multiple of ``PAD_COLS``, so that no vector loop has a
+    scalar tail; the padding's output gradient is zero.
     """
     n = x.shape[0]
     L = len(Ws)
     for l in range(L):
+        dWs[l][:] = 0
         dbs[l][:] = 0
-        if not blas:
-            dWs[l][:] = 0
-        if narrow[l]:
-            transpose_into(Ws[l], WTs[l])
-            dWTs[l][:] = 0
-    scale = 1.0 / n if mode == SOFTMAX_CCE else 2.0 / (n * ds[L - 1].shape[1])
-    block = n if blas else BLOCK_ROWS
+    scale = 1.0 / n if mode == SOFTMAX_CCE else 2.0 / (n * rows.shape[1])
+    block = xT.shape[1]
     loss = hits = 0.0
     for start in range(0, n, block):
         stop = min(start + block, n)
         m = stop - start
-        a = x[start:stop]
+        mp = (m + PAD_COLS - 1) & -PAD_COLS
+        transpose_into(x[start:stop], xT)
+        xT[:, m:mp] = 0
+        a = xT
         for l in range(L):
-            h = hs[l][:m]
-            block_forward(a, Ws[l], WTs[l], bs[l], h, narrow[l], blas, codes[l] if l < L - 1 else LINEAR, alphas[l])
-            a = h
-        d = ds[L - 1][:m]
-        d[:] = a
-        block_loss, block_hits = output_block(mode, d, y, start, scale, precision, tmp)
+            columns_forward(a, Ws[l], bs[l], hs[l], mp, codes[l] if l < L - 1 else LINEAR, alphas[l])
+            a = hs[l]
+        z = rows[:m]
+        transpose_into(a[:, :m], z)
+        block_loss, block_hits = output_block(mode, z, y, start, scale, precision, tmp)
         loss += block_loss
         hits += block_hits
+        d = ds[L - 1]
+        transpose_into(z, d)
+        d[:, m:mp] = 0  # padding samples add nothing to the gradients
         for l in range(L - 1, -1, -1):
-            a = x[start:stop] if l == 0 else hs[l - 1][:m]
-            dx = ds[l - 1][:m] if l > 0 else d
-            block_backward(a, ds[l][:m], Ws[l], WTs[l], dWs[l], dWTs[l], dbs[l], dx, narrow[l], blas, l > 0,
-                           l == L - 1)
-            if l > 0:  # the activation's derivative and the lower layer's db in one pass
-                db = dbs[l - 1]
-                for r in range(m):
-                    act_backward_at(codes[l - 1], alphas[l - 1], a, dx, r)
-                    for q in range(dx.shape[1]):
-                        db[q] += dx[r, q]
-    for l in range(L):
-        if narrow[l]:
-            transpose_into(dWTs[l], dWs[l])
+            a = xT if l == 0 else hs[l - 1]
+            dx = ds[l - 1] if l > 0 else xT
+            columns_backward(a, ds[l], Ws[l], dWs[l], dbs[l], dx, mp, l > 0, codes[l - 1], alphas[l - 1])
     return loss / n, hits / n
 
 
 @jit
-def apply_update(params, grads, state1, state2, regs, opt, hyper, step):
+def blas_pass(x, y, mode, Ws, bs, dWs, dbs, hs, ds, tmp, codes, alphas, precision):
+    """The whole batch a layer at a time on BLAS (sample-major buffers); fills ``dWs``, ``dbs``."""
+    n = x.shape[0]
+    L = len(Ws)
+    a = x
+    for l in range(L):
+        h = hs[l][:n]
+        np.dot(a, Ws[l], h)
+        code, b = codes[l] if l < L - 1 else LINEAR, bs[l]
+        for r in range(n):  # bias and activation in one pass over each row
+            for q in range(h.shape[1]):
+                h[r, q] += b[q]
+            act_forward_at(code, alphas[l], h, r, h.shape[1])
+        a = h
+    d = ds[L - 1][:n]
+    d[:] = a
+    scale = 1.0 / n if mode == SOFTMAX_CCE else 2.0 / (n * d.shape[1])
+    loss, hits = output_block(mode, d, y, 0, scale, precision, tmp)
+    column_sums(d, dbs[L - 1])
+    for l in range(L - 1, -1, -1):
+        a = x if l == 0 else hs[l - 1][:n]
+        np.dot(a.T, ds[l][:n], dWs[l])
+        if l > 0:  # dx, the activation's derivative and the lower layer's db
+            dx = ds[l - 1][:n]
+            np.dot(ds[l][:n], Ws[l].T, dx)
+            for r in range(n):
+                act_backward_at(codes[l - 1], alphas[l - 1], a, dx, r, dx.shape[1])
+            column_sums(dx, dbs[l - 1])
+    return loss / n, hits / n
+
+
+@inline
+def param_at(Ws, bs, i):
+    """Flat view of parameter ``i`` in the order W0, b0, W1, b1, ..."""
+    if i % 2 == 0:
+        return Ws[i // 2].ravel()
+    return bs[i // 2]
+
+
+@jit
+def apply_update(Ws, bs, dWs, dbs, state1, state2, regs, opt, hyper, step):
     """Regularization gradient, finiteness check and optimizer update for every parameter.
 
+    ``state1``/``state2`` and ``regs`` (l1, l2) are per parameter in the order of ``param_at``.
     Returns False (and changes nothing) when a gradient is not finite.
     """
-    for i in range(len(params)):
+    n = 2 * len(Ws)
+    for i in range(n):
         l1, l2 = regs[i, 0], regs[i, 1]
         if l1 or l2:
-            regularization_backward(params[i].ravel(), grads[i].ravel(), l1, l2)
-    for i in range(len(grads)):
-        if not all_finite(grads[i].ravel()):
+            regularization_backward(param_at(Ws, bs, i), param_at(dWs, dbs, i), l1, l2)
+    for i in range(n):
+        if not all_finite(param_at(dWs, dbs, i)):
             return False
     lr = hyper[0]
-    for i in range(len(params)):
-        p, g = params[i].ravel(), grads[i].ravel()
+    for i in range(n):
+        p, g = param_at(Ws, bs, i), param_at(dWs, dbs, i)
         if opt == SGD:
             sgd_update(p, g, lr)
         elif opt == SGD_MOMENTUM:
-            sgd_momentum_update(p, g, state1[i].ravel(), lr, hyper[1])
+            sgd_momentum_update(p, g, state1[i], lr, hyper[1])
         else:
-            adam_update(p, g, state1[i].ravel(), state2[i].ravel(), lr, hyper[1], hyper[2], hyper[3], step)
+            adam_update(p, g, state1[i], state2[i], lr, hyper[1], hyper[2], hyper[3], step)
     return True
 
 
 @jit
-def train_step(x, y, mode, blas, Ws, WTs, bs, dWs, dWTs, dbs, hs, ds, tmp, codes, alphas, narrow, precision,
-               params, grads, state1, state2, regs, opt, hyper, step):
-    """One whole training step; returns ``(data_loss, accuracy, finite)``."""
-    loss, acc = network_pass(x, y, mode, blas, Ws, WTs, bs, dWs, dWTs, dbs, hs, ds, tmp, codes, alphas, narrow,
-                             precision)
+def train_step(x, y, mode, blas, Ws, bs, dWs, dbs, xT, hs, ds, rows, tmp, codes, alphas, precision,
+               state1, state2, regs, opt, hyper, step):
+    """One whole training step; returns ``(data_loss, accuracy, finite)``.
+
+    ``blas`` picks ``blas_pass`` (``hs``/``ds`` sample-major, whole batch) over ``columns_pass``.
+    """
+    if blas:
+        loss, acc = blas_pass(x, y, mode, Ws, bs, dWs, dbs, hs, ds, tmp, codes, alphas, precision)
+    else:
+        loss, acc = columns_pass(x, y, mode, Ws, bs, dWs, dbs, xT, hs, ds, rows, tmp, codes, alphas, precision)
     if not np.isfinite(loss):
         return loss, acc, False
-    return loss, acc, apply_update(params, grads, state1, state2, regs, opt, hyper, step)
+    return loss, acc, apply_update(Ws, bs, dWs, dbs, state1, state2, regs, opt, hyper, step)
