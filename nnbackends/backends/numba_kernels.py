@@ -25,6 +25,9 @@ from numba import njit, types
 from numba.extending import overload
 
 FASTMATH = {"nsz", "arcp", "contract", "reassoc"}
+#: NumPy's error model: a float division by zero gives Inf or NaN as in NumPy, with no
+#: ZeroDivisionError check, which would stop loops with a division from vectorizing.
+JIT_OPTIONS = {"fastmath": FASTMATH, "error_model": "numpy"}
 
 #: Activation codes of the compiled step.
 LINEAR, RELU, LEAKY_RELU, SIGMOID, TANH = 0, 1, 2, 3, 4
@@ -38,12 +41,12 @@ CLIP = 1e-7
 
 
 def jit(fn):
-    return njit(cache=True, fastmath=FASTMATH, nogil=True)(fn)
+    return njit(cache=True, nogil=True, **JIT_OPTIONS)(fn)
 
 
 def inline(fn):
     """A helper inlined into its callers at Numba IR level (a call per row would cost more than the row)."""
-    return njit(cache=True, fastmath=FASTMATH, nogil=True, inline="always")(fn)
+    return njit(cache=True, nogil=True, inline="always", **JIT_OPTIONS)(fn)
 
 
 # ====================================================================== elementwise rows
@@ -99,7 +102,7 @@ def exp_vectorizable(x):
     """
 
 
-@overload(exp_vectorizable, jit_options={"fastmath": FASTMATH})
+@overload(exp_vectorizable, jit_options=JIT_OPTIONS)
 def _exp_vectorizable(x):
     if x != types.float32:
         return lambda x: np.exp(x)
@@ -549,7 +552,7 @@ def output_block(mode, z, y, start, scale, precision, tmp):
     """
 
 
-@overload(output_block, jit_options={"fastmath": FASTMATH})
+@overload(output_block, jit_options=JIT_OPTIONS)
 def _output_block(mode, z, y, start, scale, precision, tmp):
     if y.ndim == 1:  # integer class labels: softmax + cross-entropy
         def labels(mode, z, y, start, scale, precision, tmp):
