@@ -694,20 +694,45 @@ def columns_backward(a, d, W, dW, db, dx, m, need_dx, code, alpha):
             act_backward_at(code, alpha, a, dx, k, m)
 
 
-@jit
-def columns_pass(x, y, mode, Ws, bs, dWs, dbs, xT, hs, ds, rows, tmp, codes, alphas, precision):
-    """The small-network pass over blocks of ``BLOCK_COLS`` samples; fills ``dWs``, ``dbs``; (mean loss, accuracy).
+# The step's arrays are flat: every parameter (W0, b0, W1, b1, ...) in one buffer at
+# ``offsets``, its gradient and optimizer state at the same offsets of theirs, the work
+# arrays of every layer in one buffer each; so a call passes a few arrays, not tuples.
+@inline
+def weight_at(flat, offsets, widths, l):
+    """Layer ``l``'s ``W`` (or its gradient) in ``flat``."""
+    return flat[offsets[2 * l]:offsets[2 * l + 1]].reshape((widths[l], widths[l + 1]))
 
-    ``xT``, ``hs``, ``ds`` are feature-major block buffers, ``rows`` a sample-major
-    buffer for the output layer, where the loss works on rows. A block's samples are
-    padded with zeros to a multiple of ``PAD_COLS``, so that no vector loop has a
-    scalar tail; the padding's output gradient is zero.
+
+@inline
+def bias_at(flat, offsets, l):
+    """Layer ``l``'s ``b`` (or its gradient) in ``flat``."""
+    return flat[offsets[2 * l + 1]:offsets[2 * l + 2]]
+
+
+@inline
+def work_at(buf, widths, l, size, feature_major):
+    """Layer ``l``'s work array in ``buf``: ``(width, size)`` if ``feature_major``, else ``(size, width)``."""
+    start = 0
+    for j in range(1, l + 1):
+        start += widths[j]
+    w = widths[l + 1]
+    v = buf[start * size:(start + w) * size]
+    return v.reshape((w, size)) if feature_major else v.reshape((size, w))
+
+
+@jit
+def columns_pass(x, y, mode, P, G, offsets, widths, xT, H, D, rows, tmp, codes, alphas, precision):
+    """The small-network pass over blocks of ``BLOCK_COLS`` samples; fills ``G``; returns (mean loss, accuracy).
+
+    ``xT`` and the layer arrays in ``H`` (outputs) and ``D`` (their gradients) are
+    feature-major, ``rows`` a sample-major buffer for the output layer, where the loss
+    works on rows. A block's samples are padded with zeros to a multiple of
+    ``PAD_COLS``, so that no vector loop has a scalar tail; the padding's output
+    gradient is zero.
     """
     n = x.shape[0]
-    L = len(Ws)
-    for l in range(L):
-        dWs[l][:] = 0
-        dbs[l][:] = 0
+    L = widths.size - 1
+    G[:] = 0
     scale = 1.0 / n if mode == SOFTMAX_CCE else 2.0 / (n * rows.shape[1])
     block = xT.shape[1]
     loss = hits = 0.0
@@ -719,101 +744,96 @@ def columns_pass(x, y, mode, Ws, bs, dWs, dbs, xT, hs, ds, rows, tmp, codes, alp
         xT[:, m:mp] = 0
         a = xT
         for l in range(L):
-            columns_forward(a, Ws[l], bs[l], hs[l], mp, codes[l] if l < L - 1 else LINEAR, alphas[l])
-            a = hs[l]
+            h = work_at(H, widths, l, block, True)
+            columns_forward(a, weight_at(P, offsets, widths, l), bias_at(P, offsets, l), h, mp,
+                            codes[l] if l < L - 1 else LINEAR, alphas[l])
+            a = h
         z = rows[:m]
         transpose_into(a[:, :m], z)
         block_loss, block_hits = output_block(mode, z, y, start, scale, precision, tmp)
         loss += block_loss
         hits += block_hits
-        d = ds[L - 1]
+        d = work_at(D, widths, L - 1, block, True)
         transpose_into(z, d)
         d[:, m:mp] = 0  # padding samples add nothing to the gradients
         for l in range(L - 1, -1, -1):
-            a = xT if l == 0 else hs[l - 1]
-            dx = ds[l - 1] if l > 0 else xT
-            columns_backward(a, ds[l], Ws[l], dWs[l], dbs[l], dx, mp, l > 0, codes[l - 1], alphas[l - 1])
+            a = xT if l == 0 else work_at(H, widths, l - 1, block, True)
+            dx = work_at(D, widths, l - 1, block, True) if l > 0 else xT
+            columns_backward(a, work_at(D, widths, l, block, True), weight_at(P, offsets, widths, l),
+                             weight_at(G, offsets, widths, l), bias_at(G, offsets, l), dx, mp, l > 0,
+                             codes[l - 1], alphas[l - 1])
     return loss / n, hits / n
 
 
 @jit
-def blas_pass(x, y, mode, Ws, bs, dWs, dbs, hs, ds, tmp, codes, alphas, precision):
-    """The whole batch a layer at a time on BLAS (sample-major buffers); fills ``dWs``, ``dbs``."""
+def blas_pass(x, y, mode, P, G, offsets, widths, H, D, tmp, codes, alphas, precision):
+    """The whole batch a layer at a time on BLAS (sample-major work arrays); fills ``G``."""
     n = x.shape[0]
-    L = len(Ws)
+    L = widths.size - 1
+    size = tmp.size
     a = x
     for l in range(L):
-        h = hs[l][:n]
-        np.dot(a, Ws[l], h)
-        code, b = codes[l] if l < L - 1 else LINEAR, bs[l]
+        h = work_at(H, widths, l, size, False)[:n]
+        np.dot(a, weight_at(P, offsets, widths, l), h)
+        code, b = codes[l] if l < L - 1 else LINEAR, bias_at(P, offsets, l)
         for r in range(n):  # bias and activation in one pass over each row
             for q in range(h.shape[1]):
                 h[r, q] += b[q]
             act_forward_at(code, alphas[l], h, r, h.shape[1])
         a = h
-    d = ds[L - 1][:n]
+    d = work_at(D, widths, L - 1, size, False)[:n]
     d[:] = a
     scale = 1.0 / n if mode == SOFTMAX_CCE else 2.0 / (n * d.shape[1])
     loss, hits = output_block(mode, d, y, 0, scale, precision, tmp)
-    column_sums(d, dbs[L - 1])
+    column_sums(d, bias_at(G, offsets, L - 1))
     for l in range(L - 1, -1, -1):
-        a = x if l == 0 else hs[l - 1][:n]
-        np.dot(a.T, ds[l][:n], dWs[l])
+        a = x if l == 0 else work_at(H, widths, l - 1, size, False)[:n]
+        d = work_at(D, widths, l, size, False)[:n]
+        np.dot(a.T, d, weight_at(G, offsets, widths, l))
         if l > 0:  # dx, the activation's derivative and the lower layer's db
-            dx = ds[l - 1][:n]
-            np.dot(ds[l][:n], Ws[l].T, dx)
+            dx = work_at(D, widths, l - 1, size, False)[:n]
+            np.dot(d, weight_at(P, offsets, widths, l).T, dx)
             for r in range(n):
                 act_backward_at(codes[l - 1], alphas[l - 1], a, dx, r, dx.shape[1])
-            column_sums(dx, dbs[l - 1])
+            column_sums(dx, bias_at(G, offsets, l - 1))
     return loss / n, hits / n
 
 
-@inline
-def param_at(Ws, bs, i):
-    """Flat view of parameter ``i`` in the order W0, b0, W1, b1, ..."""
-    if i % 2 == 0:
-        return Ws[i // 2].ravel()
-    return bs[i // 2]
-
-
 @jit
-def apply_update(Ws, bs, dWs, dbs, state1, state2, regs, opt, hyper, step):
-    """Regularization gradient, finiteness check and optimizer update for every parameter.
+def apply_update(P, G, S1, S2, offsets, regs, opt, hyper, step):
+    """Regularization gradient, finiteness check and optimizer update of the flat parameters ``P``.
 
-    ``state1``/``state2`` and ``regs`` (l1, l2) are per parameter in the order of ``param_at``.
-    Returns False (and changes nothing) when a gradient is not finite.
+    ``regs`` holds (l1, l2) per parameter (the segments of ``offsets``); ``S1``/``S2``
+    the optimizer's state. Returns False (and changes nothing) when a gradient is not finite.
     """
-    n = 2 * len(Ws)
-    for i in range(n):
+    for i in range(regs.shape[0]):
         l1, l2 = regs[i, 0], regs[i, 1]
         if l1 or l2:
-            regularization_backward(param_at(Ws, bs, i), param_at(dWs, dbs, i), l1, l2)
-    for i in range(n):
-        if not all_finite(param_at(dWs, dbs, i)):
-            return False
+            lo, hi = offsets[i], offsets[i + 1]
+            regularization_backward(P[lo:hi], G[lo:hi], l1, l2)
+    if not all_finite(G):
+        return False
     lr = hyper[0]
-    for i in range(n):
-        p, g = param_at(Ws, bs, i), param_at(dWs, dbs, i)
-        if opt == SGD:
-            sgd_update(p, g, lr)
-        elif opt == SGD_MOMENTUM:
-            sgd_momentum_update(p, g, state1[i], lr, hyper[1])
-        else:
-            adam_update(p, g, state1[i], state2[i], lr, hyper[1], hyper[2], hyper[3], step)
+    if opt == SGD:
+        sgd_update(P, G, lr)
+    elif opt == SGD_MOMENTUM:
+        sgd_momentum_update(P, G, S1, lr, hyper[1])
+    else:
+        adam_update(P, G, S1, S2, lr, hyper[1], hyper[2], hyper[3], step)
     return True
 
 
 @jit
-def train_step(x, y, mode, blas, Ws, bs, dWs, dbs, xT, hs, ds, rows, tmp, codes, alphas, precision,
-               state1, state2, regs, opt, hyper, step):
+def train_step(x, y, mode, blas, P, G, S1, S2, offsets, widths, xT, H, D, rows, tmp, codes, alphas, precision,
+               regs, opt, hyper, step):
     """One whole training step; returns ``(data_loss, accuracy, finite)``.
 
-    ``blas`` picks ``blas_pass`` (``hs``/``ds`` sample-major, whole batch) over ``columns_pass``.
+    ``blas`` picks ``blas_pass`` (work arrays sample-major, whole batch) over ``columns_pass``.
     """
     if blas:
-        loss, acc = blas_pass(x, y, mode, Ws, bs, dWs, dbs, hs, ds, tmp, codes, alphas, precision)
+        loss, acc = blas_pass(x, y, mode, P, G, offsets, widths, H, D, tmp, codes, alphas, precision)
     else:
-        loss, acc = columns_pass(x, y, mode, Ws, bs, dWs, dbs, xT, hs, ds, rows, tmp, codes, alphas, precision)
+        loss, acc = columns_pass(x, y, mode, P, G, offsets, widths, xT, H, D, rows, tmp, codes, alphas, precision)
     if not np.isfinite(loss):
         return loss, acc, False
-    return loss, acc, apply_update(Ws, bs, dWs, dbs, state1, state2, regs, opt, hyper, step)
+    return loss, acc, apply_update(P, G, S1, S2, offsets, regs, opt, hyper, step)

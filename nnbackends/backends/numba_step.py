@@ -100,46 +100,62 @@ def compile_step(model):
     return CompiledStep(model, *structure, *optimizer)
 
 
+def _gather(arrays, dtype):
+    """One flat buffer holding copies of ``arrays``, and views of it shaped like each of them."""
+    flat = np.concatenate([np.asarray(a, dtype).reshape(-1) for a in arrays])
+    bounds = np.cumsum([0] + [a.size for a in arrays])
+    return flat, [flat[lo:hi].reshape(a.shape) for a, lo, hi in zip(arrays, bounds[:-1], bounds[1:])]
+
+
 class CompiledStep:
-    """The step callable: holds the model's arrays and the work buffers, allocated once."""
+    """The step callable: holds the work buffers, allocated once, and the parameters.
+
+    The parameters (W0, b0, W1, b1, ...), their gradients and each optimizer state
+    move into one flat buffer each, and every ``Param``'s ``value``, ``grad`` and
+    ``state`` arrays become views of those (the trainer and the optimizers write
+    them in place), so the step takes a few arrays and updates them in one loop.
+    """
 
     def __init__(self, model, dense, acts, alphas, mode, opt_code, state_names):
         self.model = model
         self.mode, self.opt_code = mode, opt_code
-        dtype = np.dtype(model.dtype)
+        dtype = self.dtype = np.dtype(model.dtype)
         weights = sum(d.n_inputs * d.n_neurons for d in dense)
         self.blas = weights > LOOP_MAX_WEIGHTS or small_gemm_is_fast()
-        self.Ws = tuple(d.W.value for d in dense)
-        self.bs = tuple(d.b.value for d in dense)
-        self.dWs = tuple(np.empty_like(w) for w in self.Ws)
-        self.dbs = tuple(np.empty_like(b) for b in self.bs)
+        params = [p for d in dense for p in (d.W, d.b)]
+        self.offsets = np.cumsum([0] + [p.value.size for p in params]).astype(np.int64)
+        self.widths = np.array([dense[0].n_inputs] + [d.n_neurons for d in dense], dtype=np.int64)
+        self.P, values = _gather([p.value for p in params], dtype)
+        self.G, grads = _gather([np.zeros_like(p.value) for p in params], dtype)
+        states = []
+        for name in state_names:
+            flat, views = _gather([p.state[name] for p in params], dtype)
+            states.append(flat)
+            for p, v in zip(params, views):
+                p.state[name] = v
+        for p, value, grad in zip(params, values, grads):
+            p.value, p.grad = value, grad
+        unused = np.empty(0, dtype)
+        self.S1 = states[0] if states else unused
+        self.S2 = states[1] if len(states) > 1 else unused
         self.codes = np.array([max(a, K.LINEAR) for a in acts], dtype=np.int64)
         self.alphas = np.array(alphas, dtype=np.float64)
-        self.widths, self.dtype, self.capacity = [dense[0].n_inputs] + [d.n_neurons for d in dense], dtype, 0
-        params = [p for d in dense for p in (d.W, d.b)]
-        for d, dW, db in zip(dense, self.dWs, self.dbs):
-            d.W.grad, d.b.grad = dW, db
-        states = [tuple(p.state[s].reshape(-1) for p in params) for s in state_names]
-        unused = tuple(np.empty(0, dtype) for _ in params)  # the type the step expects where a state is absent
-        self.state1 = states[0] if states else unused
-        self.state2 = states[1] if len(states) > 1 else unused
         self.regs = np.array([[p.l1, p.l2] for p in params], dtype=np.float64)
         self.hyper = np.zeros(4)
-        self.xT = self.hs = self.ds = self.rows = self.tmp = None
+        self.capacity = 0
+        self.xT = self.H = self.D = self.rows = self.tmp = None
         self._buffers(1)
 
     def _buffers(self, n):
         """Buffers for batches of ``n`` rows: sample-major for BLAS, feature-major blocks for the loops."""
-        rows = n if self.blas else -(-min(n, K.BLOCK_COLS) // K.PAD_COLS) * K.PAD_COLS
-        if rows > self.capacity:
-            inputs, widths = self.widths[0], self.widths[1:]
-            shape = (lambda w: (rows, w)) if self.blas else (lambda w: (w, rows))
-            self.hs = tuple(np.empty(shape(w), self.dtype) for w in widths)
-            self.ds = tuple(np.empty(shape(w), self.dtype) for w in widths)
-            self.xT = np.empty((inputs, rows), self.dtype)
-            self.rows = np.empty((rows, widths[-1]), self.dtype)
-            self.tmp = np.empty(rows, self.dtype)
-            self.capacity = rows
+        size = n if self.blas else -(-min(n, K.BLOCK_COLS) // K.PAD_COLS) * K.PAD_COLS
+        if size > self.capacity:
+            work = int(self.widths[1:].sum()) * size
+            self.H, self.D = np.empty(work, self.dtype), np.empty(work, self.dtype)
+            self.xT = np.empty((self.widths[0], size), self.dtype)
+            self.rows = np.empty((size, self.widths[-1]), self.dtype)
+            self.tmp = np.empty(size, self.dtype)
+            self.capacity = size
 
     def __call__(self, x, y):
         model = self.model
@@ -152,27 +168,25 @@ class CompiledStep:
         precision = float(getattr(metric, "precision", None) or 0.0)
         self.hyper[:] = _hyper(opt, self.opt_code)
         loss, acc, finite = K.train_step(
-            x, y, self.mode, self.blas, self.Ws, self.bs, self.dWs, self.dbs, self.xT, self.hs, self.ds, self.rows,
-            self.tmp, self.codes, self.alphas, precision, self.state1, self.state2, self.regs, self.opt_code,
+            x, y, self.mode, self.blas, self.P, self.G, self.S1, self.S2, self.offsets, self.widths, self.xT,
+            self.H, self.D, self.rows, self.tmp, self.codes, self.alphas, precision, self.regs, self.opt_code,
             self.hyper, opt.iterations + 1)
         t = self.dtype.type
         return t(loss), (None if metric is None else np.float64(acc)), bool(finite)
 
 
 def warm_step(dtype):
-    """Compile the step for ``dtype``, both passes, labels and float targets, with 2 and 3 Dense layers."""
+    """Compile the step for ``dtype``, both passes, labels and float targets."""
     r = np.random.default_rng(0)
-    for n_dense in (2, 3):
-        Ws = tuple(r.standard_normal((4, 4)).astype(dtype) for _ in range(n_dense))
-        bs = tuple(np.zeros(4, dtype) for _ in range(n_dense))
-        flat = tuple(np.zeros(16, dtype) for _ in range(2 * n_dense))
-        ints = np.zeros(n_dense, np.int64)
-        x = r.standard_normal((4, 4)).astype(dtype)
-        for mode, y in ((K.SOFTMAX_CCE, np.array([0, 1, 2, 3])), (K.LINEAR_MSE, x.copy())):
-            for blas in (True, False):
-                shape = (4, 4) if blas else (4, K.PAD_COLS)
-                hs = tuple(np.empty(shape, dtype) for _ in range(n_dense))
-                K.train_step(x, y, mode, blas, Ws, bs, Ws, bs, np.empty(shape, dtype), hs, hs,
-                             np.empty(shape[::-1], dtype), np.empty(shape[1], dtype), ints, ints * 0.0, 0.1,
-                             flat, flat, np.zeros((2 * n_dense, 2)), K.ADAM,
-                             np.array([1e-9, 0.9, 0.999, 1e-7]), 1)
+    widths = np.array([4, 4, 4], dtype=np.int64)
+    offsets = np.array([0, 16, 20, 36, 40], dtype=np.int64)
+    P = r.standard_normal(40).astype(dtype)
+    ints = np.zeros(2, np.int64)
+    x = r.standard_normal((4, 4)).astype(dtype)
+    for mode, y in ((K.SOFTMAX_CCE, np.array([0, 1, 2, 3])), (K.LINEAR_MSE, x.copy())):
+        for blas in (True, False):
+            size = 4 if blas else K.PAD_COLS
+            K.train_step(x, y, mode, blas, P.copy(), P.copy(), P.copy(), P.copy(), offsets, widths,
+                         np.empty((4, size), dtype), np.empty(8 * size, dtype), np.empty(8 * size, dtype),
+                         np.empty((size, 4), dtype), np.empty(size, dtype), ints, ints * 0.0, 0.1,
+                         np.zeros((4, 2)), K.ADAM, np.array([1e-9, 0.9, 0.999, 1e-7]), 1)
