@@ -612,6 +612,65 @@ def mse_block(z, t, start, scale, precision):
 
 
 @jit
+def softmax_columns(z, out, m, tmp):
+    """Softmax over the features of each of the first ``m`` samples of the feature-major ``z``, into ``out``."""
+    k = z.shape[0]
+    for r in range(m):
+        tmp[r] = z[0, r]
+    for j in range(1, k):
+        for r in range(m):
+            tmp[r] = max(tmp[r], z[j, r])
+    for j in range(k):
+        for r in range(m):
+            out[j, r] = exp_vectorizable(z[j, r] - tmp[r])
+    for r in range(m):
+        tmp[r] = out[0, r]
+    for j in range(1, k):
+        for r in range(m):
+            tmp[r] += out[j, r]
+    for r in range(m):
+        tmp[r] = 1 / tmp[r]
+    for j in range(k):
+        for r in range(m):
+            out[j, r] *= tmp[r]
+
+
+def output_columns(mode, z, d, y, start, m, scale, precision, rows, tmp):
+    """``output_block`` for the feature-major outputs ``z`` of ``m`` samples; writes dLoss/dz into ``d``.
+
+    Class labels take a feature-major softmax; other targets go through ``output_block``
+    on a sample-major copy in ``rows``.
+    """
+
+
+@overload(output_columns, jit_options=JIT_OPTIONS)
+def _output_columns(mode, z, d, y, start, m, scale, precision, rows, tmp):
+    if y.ndim == 1:
+        def labels(mode, z, d, y, start, m, scale, precision, rows, tmp):
+            softmax_columns(z, d, m, tmp)
+            p = d.T  # sample-major view for the row helpers
+            loss = hits = 0.0
+            for r in range(m):
+                row_loss, hit = cce_row(p, r, y[start + r])
+                loss += row_loss
+                hits += hit
+            s = d.dtype.type(scale)
+            for j in range(d.shape[0]):
+                for r in range(m):
+                    d[j, r] *= s
+            return loss, hits
+        return labels
+
+    def other(mode, z, d, y, start, m, scale, precision, rows, tmp):
+        block = rows[:m]
+        transpose_into(z[:, :m], block)
+        loss, hits = output_block(mode, block, y, start, scale, precision, tmp)
+        transpose_into(block, d)
+        return loss, hits
+    return other
+
+
+@jit
 def transpose_into(a, out):
     for i in range(a.shape[0]):
         for j in range(a.shape[1]):
@@ -748,13 +807,10 @@ def columns_pass(x, y, mode, P, G, offsets, widths, xT, H, D, rows, tmp, codes, 
             columns_forward(a, weight_at(P, offsets, widths, l), bias_at(P, offsets, l), h, mp,
                             codes[l] if l < L - 1 else LINEAR, alphas[l])
             a = h
-        z = rows[:m]
-        transpose_into(a[:, :m], z)
-        block_loss, block_hits = output_block(mode, z, y, start, scale, precision, tmp)
+        d = work_at(D, widths, L - 1, block, True)
+        block_loss, block_hits = output_columns(mode, a, d, y, start, m, scale, precision, rows, tmp)
         loss += block_loss
         hits += block_hits
-        d = work_at(D, widths, L - 1, block, True)
-        transpose_into(z, d)
         d[:, m:mp] = 0  # padding samples add nothing to the gradients
         for l in range(L - 1, -1, -1):
             a = xT if l == 0 else work_at(H, widths, l - 1, block, True)
