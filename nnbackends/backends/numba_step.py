@@ -8,38 +8,16 @@ per-layer path. The step (``numba_kernels.train_step``) does forward, loss,
 backward, regularization gradient, the finiteness check and the optimizer
 update. Small networks run blocks of samples through every layer with loop
 products on feature-major buffers (every inner loop runs over samples, so it
-vectorizes at any layer width); larger ones (or any, where OpenBLAS has fast
-small-matrix kernels) run a layer at a time on BLAS.
+vectorizes at any layer width); larger ones run a layer at a time on BLAS.
 """
 from __future__ import annotations
-
-import functools
 
 import numpy as np
 
 from . import numba_kernels as K
 
-#: Networks with at most this many weights run the cache-blocked loop pass; larger ones use BLAS.
+#: Networks with at most this many weights run the feature-major loop pass; larger ones use BLAS.
 LOOP_MAX_WEIGHTS = 16_384
-#: OpenBLAS kernel sets whose small matrix products beat the loop pass even on small networks
-#: (measured on the spiral network: 25 us per step against 36 us for the loops).
-FAST_SMALL_GEMM = frozenset({"skylakex", "cooperlake", "sapphirerapids"})
-
-
-@functools.lru_cache(maxsize=1)
-def small_gemm_is_fast() -> bool:
-    """Whether the BLAS behind ``np.dot`` in compiled code (SciPy's) runs a ``FAST_SMALL_GEMM`` kernel set.
-
-    Decided once per process from the library's own report (threadpoolctl), so a
-    run's numbers do not depend on timing noise; False when that cannot be told.
-    """
-    try:
-        import scipy.linalg  # noqa: F401  (loads the BLAS)
-        from threadpoolctl import threadpool_info
-    except ImportError:
-        return False
-    return any(str(info.get("architecture", "")).lower() in FAST_SMALL_GEMM
-               for info in threadpool_info() if "scipy" in str(info.get("filepath", "")))
 
 
 def _structure(model):
@@ -121,7 +99,7 @@ class CompiledStep:
         self.mode, self.opt_code = mode, opt_code
         dtype = self.dtype = np.dtype(model.dtype)
         weights = sum(d.n_inputs * d.n_neurons for d in dense)
-        self.blas = weights > LOOP_MAX_WEIGHTS or small_gemm_is_fast()
+        self.blas = weights > LOOP_MAX_WEIGHTS
         params = [p for d in dense for p in (d.W, d.b)]
         self.offsets = np.cumsum([0] + [p.value.size for p in params]).astype(np.int64)
         self.widths = np.array([dense[0].n_inputs] + [d.n_neurons for d in dense], dtype=np.int64)
