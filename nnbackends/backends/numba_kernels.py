@@ -716,7 +716,8 @@ def columns_forward(a, W, b, out, m, code, alpha):
 @jit
 def columns_backward(a, d, W, dW, db, dx, m, need_dx, code, alpha):
     """Add the block's ``db`` and ``dW = a @ d.T``; if ``need_dx``, write ``dx = W @ d`` times the derivative
-    of the activation ``code`` whose output is ``a`` (columns ``:m``). Four outputs per pass over an input row.
+    of the activation ``code`` whose output is ``a`` (columns ``:m``). Four outputs per pass over an input row;
+    sums over samples accumulate in the dtype (vectorized), as ``column_sums`` does.
     """
     i, o = W.shape
     zero = d.dtype.type(0)
@@ -730,7 +731,7 @@ def columns_backward(a, d, W, dW, db, dx, m, need_dx, code, alpha):
             q0, q1, q2, q3 = chunk_rows(q, o)
             w0, w1, w2, w3 = chunk_weights(W.T, q, k, o)
             s0 = s1 = s2 = s3 = zero
-            for r in range(m):  # the reductions and dx in separate loops: each vectorizes
+            for r in range(m):  # the reductions alone in their loop, so that it vectorizes
                 akr = a[k, r]
                 s0 += akr * d[q0, r]
                 s1 += akr * d[q1, r]
