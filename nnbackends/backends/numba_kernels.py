@@ -21,10 +21,13 @@ is absent) or make concurrent training threads abort under ``workqueue``.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from numba import njit, types
 from numba.extending import overload
 
 FASTMATH = {"nsz", "arcp", "contract", "reassoc"}
+#: NumPy's error model: a float division by zero gives Inf or NaN as in NumPy, with no
+#: ZeroDivisionError check, which would stop loops with a division from vectorizing.
+JIT_OPTIONS = {"fastmath": FASTMATH, "error_model": "numpy"}
 
 #: Activation codes of the compiled step.
 LINEAR, RELU, LEAKY_RELU, SIGMOID, TANH = 0, 1, 2, 3, 4
@@ -38,62 +41,102 @@ CLIP = 1e-7
 
 
 def jit(fn):
-    return njit(cache=True, fastmath=FASTMATH, nogil=True)(fn)
+    return njit(cache=True, nogil=True, **JIT_OPTIONS)(fn)
 
 
 def inline(fn):
     """A helper inlined into its callers at Numba IR level (a call per row would cost more than the row)."""
-    return njit(cache=True, fastmath=FASTMATH, nogil=True, inline="always")(fn)
+    return njit(cache=True, nogil=True, inline="always", **JIT_OPTIONS)(fn)
 
 
 # ====================================================================== elementwise rows
 # Row helpers work on 1-D contiguous views and are shared by the kernels and the step.
 @inline
-def act_forward_at(code, alpha, v, r):
-    """Apply activation ``code`` to row ``r`` of the 2-D array ``v`` in place (one loop per code)."""
+def act_forward_at(code, alpha, v, r, n):
+    """Apply activation ``code`` to the first ``n`` entries of row ``r`` of the 2-D array ``v`` in place."""
     half = v.dtype.type(0.5)
     a = v.dtype.type(alpha)
     if code == RELU:
-        for i in range(v.shape[1]):
+        for i in range(n):
             v[r, i] = 0 if v[r, i] <= 0 else v[r, i]
     elif code == LEAKY_RELU:
-        for i in range(v.shape[1]):
+        for i in range(n):
             v[r, i] = v[r, i] if v[r, i] > 0 else v[r, i] * a
     elif code == SIGMOID:
-        for i in range(v.shape[1]):
+        for i in range(n):
             v[r, i] = half + half * np.tanh(half * v[r, i])
     elif code == TANH:
-        for i in range(v.shape[1]):
+        for i in range(n):
             v[r, i] = np.tanh(v[r, i])
 
 
 @inline
-def act_backward_at(code, alpha, h, d, r):
-    """Multiply row ``r`` of the gradient ``d`` by the activation's derivative, given its output ``h``.
+def act_backward_at(code, alpha, h, d, r, n):
+    """Multiply the first ``n`` entries of row ``r`` of the gradient ``d`` by the activation's derivative.
 
-    ReLU and LeakyReLU (alpha >= 0) keep the sign of their input, so the output decides.
+    ``h`` is the activation's output: ReLU and LeakyReLU (alpha >= 0) keep the sign of their
+    input, so the output decides.
     """
     a = d.dtype.type(alpha)
     if code == RELU:
-        for i in range(d.shape[1]):
+        for i in range(n):
             d[r, i] = d[r, i] * (h[r, i] > 0)
     elif code == LEAKY_RELU:
-        for i in range(d.shape[1]):
+        for i in range(n):
             d[r, i] = d[r, i] if h[r, i] > 0 else d[r, i] * a
     elif code == SIGMOID:
-        for i in range(d.shape[1]):
+        for i in range(n):
             d[r, i] = d[r, i] * h[r, i] * (1 - h[r, i])
     elif code == TANH:
-        for i in range(d.shape[1]):
+        for i in range(n):
             d[r, i] = d[r, i] * (1 - h[r, i] * h[r, i])
+
+
+def exp_vectorizable(x):
+    """``np.exp(x)``; for float32 without a library call, so that a loop of it vectorizes.
+
+    float32: Cody-Waite reduction and a degree-7 polynomial (Cephes' ``expf``
+    coefficients), within 2 ulp on [-87, 88]; 0 below, Inf above (exact up to
+    the float32 limits where those results hold only approximately), NaN for NaN.
+    Other types call ``np.exp``.
+    """
+
+
+@overload(exp_vectorizable, jit_options=JIT_OPTIONS)
+def _exp_vectorizable(x):
+    if x != types.float32:
+        return lambda x: np.exp(x)
+
+    def exp32(x):
+        t = np.float32
+        xc = min(max(x, t(-87.0)), t(88.0))
+        n = np.floor(xc * t(1.44269504088896341) + t(0.5))
+        r = xc - n * t(0.693359375) - n * t(-2.12194440e-4)
+        p = t(1.9875691500e-4) * r + t(1.3981999507e-3)
+        p = p * r + t(8.3334519073e-3)
+        p = p * r + t(4.1665795894e-2)
+        p = p * r + t(1.6666665459e-1)
+        p = p * r + t(5.0000001201e-1)
+        p = p * (r * r) + r + t(1.0)
+        y = p * np.int32((np.int32(n) + 127) << 23).view(np.float32)  # times 2**n
+        if x < t(-87.0):
+            y = t(0.0)
+        if x > t(88.0):
+            y = t(np.inf)
+        if x != x:
+            y = x
+        return y
+    return exp32
 
 
 @jit
 def softmax_rows(z, out, tmp):
-    """Row-wise softmax of z into out (may be z), shifted by the row maximum; ``tmp`` holds a value per row.
+    """Row-wise softmax of z into out (may be z, C-contiguous), shifted by the row maximum; ``tmp`` holds
+    a value per row.
 
-    Each stage runs over all rows before the next, so the exponentials of different rows overlap.
-    2-D indexing throughout: a row view per row would cost reference counting in hot loops.
+    Each stage runs over all rows before the next; the exponentials run over the flat
+    array, so they vectorize however short the rows. 2-D indexing elsewhere: a row view
+    per row would cost reference counting in hot loops.
     """
     n, k = z.shape
     for r in range(n):
@@ -103,7 +146,10 @@ def softmax_rows(z, out, tmp):
         tmp[r] = m
     for r in range(n):
         for j in range(k):
-            out[r, j] = np.exp(z[r, j] - tmp[r])
+            out[r, j] = z[r, j] - tmp[r]
+    flat_out = out.reshape(out.size)
+    for i in range(flat_out.size):
+        flat_out[i] = exp_vectorizable(flat_out[i])
     for r in range(n):
         total = 0.0
         for j in range(k):
@@ -183,7 +229,7 @@ def dense_input_grad(W, dy):
 @jit
 def activation_forward(code, alpha, x):
     out = x.copy()
-    act_forward_at(code, alpha, out.reshape(1, out.size), 0)
+    act_forward_at(code, alpha, out.reshape(1, out.size), 0, out.size)
     return out
 
 
@@ -191,7 +237,7 @@ def activation_forward(code, alpha, x):
 def activation_backward(code, alpha, h, dy):
     """Backward of an activation given what it keeps (input for ReLU-like, output otherwise)."""
     d = dy.copy()
-    act_backward_at(code, alpha, flat(h).reshape(1, d.size), d.reshape(1, d.size), 0)
+    act_backward_at(code, alpha, flat(h).reshape(1, d.size), d.reshape(1, d.size), 0, d.size)
     return d
 
 
@@ -491,8 +537,11 @@ def all_finite(a):
 
 
 # ====================================================================== compiled step
-#: Rows per block in the small-network pass: every block's activations stay in L1 cache.
-BLOCK_ROWS = 64
+#: Samples per block in the small-network (feature-major) pass.
+BLOCK_COLS = 512
+#: Block widths are padded to a multiple of this (a power of two dividing BLOCK_COLS):
+#: 4 AVX-512 float32 vectors, the unrolled width of the vectorized loops.
+PAD_COLS = 64
 
 
 def output_block(mode, z, y, start, scale, precision, tmp):
@@ -503,7 +552,7 @@ def output_block(mode, z, y, start, scale, precision, tmp):
     """
 
 
-@overload(output_block, jit_options={"fastmath": FASTMATH})
+@overload(output_block, jit_options=JIT_OPTIONS)
 def _output_block(mode, z, y, start, scale, precision, tmp):
     if y.ndim == 1:  # integer class labels: softmax + cross-entropy
         def labels(mode, z, y, start, scale, precision, tmp):
@@ -563,169 +612,285 @@ def mse_block(z, t, start, scale, precision):
 
 
 @jit
+def softmax_columns(z, out, m, tmp):
+    """Softmax over the features of each of the first ``m`` samples of the feature-major ``z``, into ``out``."""
+    k = z.shape[0]
+    for r in range(m):
+        tmp[r] = z[0, r]
+    for j in range(1, k):
+        for r in range(m):
+            tmp[r] = max(tmp[r], z[j, r])
+    for j in range(k):
+        for r in range(m):
+            out[j, r] = exp_vectorizable(z[j, r] - tmp[r])
+    for r in range(m):
+        tmp[r] = out[0, r]
+    for j in range(1, k):
+        for r in range(m):
+            tmp[r] += out[j, r]
+    for r in range(m):
+        tmp[r] = 1 / tmp[r]
+    for j in range(k):
+        for r in range(m):
+            out[j, r] *= tmp[r]
+
+
+def output_columns(mode, z, d, y, start, m, scale, precision, rows, tmp):
+    """``output_block`` for the feature-major outputs ``z`` of ``m`` samples; writes dLoss/dz into ``d``.
+
+    Class labels take a feature-major softmax; other targets go through ``output_block``
+    on a sample-major copy in ``rows``.
+    """
+
+
+@overload(output_columns, jit_options=JIT_OPTIONS)
+def _output_columns(mode, z, d, y, start, m, scale, precision, rows, tmp):
+    if y.ndim == 1:
+        def labels(mode, z, d, y, start, m, scale, precision, rows, tmp):
+            softmax_columns(z, d, m, tmp)
+            p = d.T  # sample-major view for the row helpers
+            loss = hits = 0.0
+            for r in range(m):
+                row_loss, hit = cce_row(p, r, y[start + r])
+                loss += row_loss
+                hits += hit
+            s = d.dtype.type(scale)
+            for j in range(d.shape[0]):
+                for r in range(m):
+                    d[j, r] *= s
+            return loss, hits
+        return labels
+
+    def other(mode, z, d, y, start, m, scale, precision, rows, tmp):
+        block = rows[:m]
+        transpose_into(z[:, :m], block)
+        loss, hits = output_block(mode, block, y, start, scale, precision, tmp)
+        transpose_into(block, d)
+        return loss, hits
+    return other
+
+
+@jit
 def transpose_into(a, out):
     for i in range(a.shape[0]):
         for j in range(a.shape[1]):
             out[j, i] = a[i, j]
 
 
-@jit
-def block_forward(a, W, WT, b, out, narrow, blas, code, alpha):
-    """``out = act(a @ W + b)``: BLAS, or loops whose inner loop runs over the longer of inputs and outputs.
+# The small-network pass keeps activations feature-major: row k of a buffer holds feature k of
+# the block's first ``m`` samples. Every inner loop then runs over samples, contiguous and as
+# long as the block, so it vectorizes whatever the layer widths (2 inputs, 3 outputs ...).
+@inline
+def chunk_rows(k, i):
+    """Rows ``k .. k+3`` of an ``i``-row operand, those past the end replaced by row ``i - 1``."""
+    last = i - 1
+    return k, min(k + 1, last), min(k + 2, last), min(k + 3, last)
 
-    ``narrow`` layers (few outputs) take dot products over the inputs with ``WT = W.T``.
-    Loops index 2-D arrays directly: a row view per row would cost reference counting.
-    """
-    n, i, o = a.shape[0], a.shape[1], out.shape[1]
-    if blas:
-        np.dot(a, W, out)
-        for r in range(n):  # bias and activation in one pass over each row
-            for q in range(o):
-                out[r, q] += b[q]
-            act_forward_at(code, alpha, out, r)
-    elif narrow:
-        for r in range(n):
-            for q in range(o):
-                acc = b[q]
-                for k in range(i):
-                    acc += a[r, k] * WT[q, k]
-                out[r, q] = acc
-            act_forward_at(code, alpha, out, r)
-    else:
-        for r in range(n):
-            for q in range(o):
-                out[r, q] = b[q]
-            for k in range(i):
-                ak = a[r, k]
-                for q in range(o):
-                    out[r, q] += ak * W[k, q]
-            act_forward_at(code, alpha, out, r)
+
+@inline
+def chunk_weights(W, k, q, i):
+    """``W[k .. k+3, q]``, zero past row ``i - 1`` (their rows from ``chunk_rows`` then add nothing finite)."""
+    zero = W.dtype.type(0)
+    return (W[k, q], W[k + 1, q] if k + 1 < i else zero, W[k + 2, q] if k + 2 < i else zero,
+            W[k + 3, q] if k + 3 < i else zero)
 
 
 @jit
-def block_backward(a, d, W, WT, dW, dWT, db, dx, narrow, blas, need_dx, sum_db):
-    """Add the block's ``dW`` (``dWT`` for narrow layers) and, if ``sum_db``, its ``db``; write ``dx = d @ W.T``.
+def columns_forward(a, W, b, out, m, code, alpha):
+    """``out[:, :m] = act(W.T @ a[:, :m] + b[:, None])``; four inputs per pass over an output row."""
+    i, o = W.shape
+    for q in range(o):
+        for k in range(0, i, 4):
+            k0, k1, k2, k3 = chunk_rows(k, i)
+            w0, w1, w2, w3 = chunk_weights(W, k, q, i)
+            if k == 0:
+                bq = b[q]
+                for r in range(m):
+                    out[q, r] = bq + w0 * a[k0, r] + w1 * a[k1, r] + w2 * a[k2, r] + w3 * a[k3, r]
+            else:
+                for r in range(m):
+                    out[q, r] += w0 * a[k0, r] + w1 * a[k1, r] + w2 * a[k2, r] + w3 * a[k3, r]
+        act_forward_at(code, alpha, out, q, m)
 
-    The BLAS variant runs on the whole batch at once and overwrites ``dW``.
+
+@jit
+def columns_backward(a, d, W, dW, db, dx, m, need_dx, code, alpha):
+    """Add the block's ``db`` and ``dW = a @ d.T``; if ``need_dx``, write ``dx = W @ d`` times the derivative
+    of the activation ``code`` whose output is ``a`` (columns ``:m``). Four outputs per pass over an input row;
+    sums over samples accumulate in the dtype (vectorized), as ``column_sums`` does.
     """
-    n, i, o = a.shape[0], a.shape[1], d.shape[1]
-    if sum_db:
-        for r in range(n):
-            for q in range(o):
-                db[q] += d[r, q]
-    if blas:
-        np.dot(a.T, d, dW)
+    i, o = W.shape
+    zero = d.dtype.type(0)
+    for q in range(o):
+        s = zero
+        for r in range(m):
+            s += d[q, r]
+        db[q] += s
+    for k in range(i):
+        for q in range(0, o, 4):
+            q0, q1, q2, q3 = chunk_rows(q, o)
+            w0, w1, w2, w3 = chunk_weights(W.T, q, k, o)
+            s0 = s1 = s2 = s3 = zero
+            for r in range(m):  # the reductions alone in their loop, so that it vectorizes
+                akr = a[k, r]
+                s0 += akr * d[q0, r]
+                s1 += akr * d[q1, r]
+                s2 += akr * d[q2, r]
+                s3 += akr * d[q3, r]
+            if need_dx and q == 0:
+                for r in range(m):
+                    dx[k, r] = w0 * d[q0, r] + w1 * d[q1, r] + w2 * d[q2, r] + w3 * d[q3, r]
+            elif need_dx:
+                for r in range(m):
+                    dx[k, r] += w0 * d[q0, r] + w1 * d[q1, r] + w2 * d[q2, r] + w3 * d[q3, r]
+            dW[k, q0] += s0
+            if q + 1 < o:
+                dW[k, q1] += s1
+            if q + 2 < o:
+                dW[k, q2] += s2
+            if q + 3 < o:
+                dW[k, q3] += s3
         if need_dx:
-            np.dot(d, W.T, dx)
-    elif narrow:  # one pass over (row, output) updates dWT and dx together
-        for r in range(n):
-            if need_dx:
-                for k in range(i):
-                    dx[r, k] = 0
-            for q in range(o):
-                dq = d[r, q]
-                if need_dx:
-                    for k in range(i):
-                        dWT[q, k] += dq * a[r, k]
-                        dx[r, k] += dq * WT[q, k]
-                else:
-                    for k in range(i):
-                        dWT[q, k] += dq * a[r, k]
-    else:  # one pass over (row, input) updates dW and dx together
-        for r in range(n):
-            for k in range(i):
-                ak = a[r, k]
-                if need_dx:
-                    acc = d[r, 0] * 0
-                    for q in range(o):
-                        dW[k, q] += ak * d[r, q]
-                        acc += W[k, q] * d[r, q]
-                    dx[r, k] = acc
-                else:
-                    for q in range(o):
-                        dW[k, q] += ak * d[r, q]
+            act_backward_at(code, alpha, a, dx, k, m)
+
+
+# The step's arrays are flat: every parameter (W0, b0, W1, b1, ...) in one buffer at
+# ``offsets``, its gradient and optimizer state at the same offsets of theirs, the work
+# arrays of every layer in one buffer each; so a call passes a few arrays, not tuples.
+@inline
+def weight_at(flat, offsets, widths, l):
+    """Layer ``l``'s ``W`` (or its gradient) in ``flat``."""
+    return flat[offsets[2 * l]:offsets[2 * l + 1]].reshape((widths[l], widths[l + 1]))
+
+
+@inline
+def bias_at(flat, offsets, l):
+    """Layer ``l``'s ``b`` (or its gradient) in ``flat``."""
+    return flat[offsets[2 * l + 1]:offsets[2 * l + 2]]
+
+
+@inline
+def work_at(buf, widths, l, size, feature_major):
+    """Layer ``l``'s work array in ``buf``: ``(width, size)`` if ``feature_major``, else ``(size, width)``."""
+    start = 0
+    for j in range(1, l + 1):
+        start += widths[j]
+    w = widths[l + 1]
+    v = buf[start * size:(start + w) * size]
+    return v.reshape((w, size)) if feature_major else v.reshape((size, w))
 
 
 @jit
-def network_pass(x, y, mode, blas, Ws, WTs, bs, dWs, dWTs, dbs, hs, ds, tmp, codes, alphas, narrow, precision):
-    """Forward, loss and backward over the batch; fills ``dWs`` and ``dbs``; returns (mean loss, accuracy).
+def columns_pass(x, y, mode, P, G, offsets, widths, xT, H, D, rows, tmp, codes, alphas, precision):
+    """The small-network pass over blocks of ``BLOCK_COLS`` samples; fills ``G``; returns (mean loss, accuracy).
 
-    ``blas``: one block of the whole batch with BLAS products (large layers); otherwise
-    blocks of ``BLOCK_ROWS`` rows with loop products, so a small network's work stays in cache.
+    ``xT`` and the layer arrays in ``H`` (outputs) and ``D`` (their gradients) are
+    feature-major, ``rows`` a sample-major buffer for the output layer, where the loss
+    works on rows. A block's samples are padded with zeros to a multiple of
+    ``PAD_COLS``, so that no vector loop has a scalar tail; the padding's output
+    gradient is zero.
     """
     n = x.shape[0]
-    L = len(Ws)
-    for l in range(L):
-        dbs[l][:] = 0
-        if not blas:
-            dWs[l][:] = 0
-        if narrow[l]:
-            transpose_into(Ws[l], WTs[l])
-            dWTs[l][:] = 0
-    scale = 1.0 / n if mode == SOFTMAX_CCE else 2.0 / (n * ds[L - 1].shape[1])
-    block = n if blas else BLOCK_ROWS
+    L = widths.size - 1
+    G[:] = 0
+    scale = 1.0 / n if mode == SOFTMAX_CCE else 2.0 / (n * rows.shape[1])
+    block = xT.shape[1]
     loss = hits = 0.0
     for start in range(0, n, block):
         stop = min(start + block, n)
         m = stop - start
-        a = x[start:stop]
+        mp = (m + PAD_COLS - 1) & -PAD_COLS
+        transpose_into(x[start:stop], xT)
+        xT[:, m:mp] = 0
+        a = xT
         for l in range(L):
-            h = hs[l][:m]
-            block_forward(a, Ws[l], WTs[l], bs[l], h, narrow[l], blas, codes[l] if l < L - 1 else LINEAR, alphas[l])
+            h = work_at(H, widths, l, block, True)
+            columns_forward(a, weight_at(P, offsets, widths, l), bias_at(P, offsets, l), h, mp,
+                            codes[l] if l < L - 1 else LINEAR, alphas[l])
             a = h
-        d = ds[L - 1][:m]
-        d[:] = a
-        block_loss, block_hits = output_block(mode, d, y, start, scale, precision, tmp)
+        d = work_at(D, widths, L - 1, block, True)
+        block_loss, block_hits = output_columns(mode, a, d, y, start, m, scale, precision, rows, tmp)
         loss += block_loss
         hits += block_hits
+        d[:, m:mp] = 0  # padding samples add nothing to the gradients
         for l in range(L - 1, -1, -1):
-            a = x[start:stop] if l == 0 else hs[l - 1][:m]
-            dx = ds[l - 1][:m] if l > 0 else d
-            block_backward(a, ds[l][:m], Ws[l], WTs[l], dWs[l], dWTs[l], dbs[l], dx, narrow[l], blas, l > 0,
-                           l == L - 1)
-            if l > 0:  # the activation's derivative and the lower layer's db in one pass
-                db = dbs[l - 1]
-                for r in range(m):
-                    act_backward_at(codes[l - 1], alphas[l - 1], a, dx, r)
-                    for q in range(dx.shape[1]):
-                        db[q] += dx[r, q]
-    for l in range(L):
-        if narrow[l]:
-            transpose_into(dWTs[l], dWs[l])
+            a = xT if l == 0 else work_at(H, widths, l - 1, block, True)
+            dx = work_at(D, widths, l - 1, block, True) if l > 0 else xT
+            columns_backward(a, work_at(D, widths, l, block, True), weight_at(P, offsets, widths, l),
+                             weight_at(G, offsets, widths, l), bias_at(G, offsets, l), dx, mp, l > 0,
+                             codes[l - 1], alphas[l - 1])
     return loss / n, hits / n
 
 
 @jit
-def apply_update(params, grads, state1, state2, regs, opt, hyper, step):
-    """Regularization gradient, finiteness check and optimizer update for every parameter.
+def blas_pass(x, y, mode, P, G, offsets, widths, H, D, tmp, codes, alphas, precision):
+    """The whole batch a layer at a time on BLAS (sample-major work arrays); fills ``G``."""
+    n = x.shape[0]
+    L = widths.size - 1
+    size = tmp.size
+    a = x
+    for l in range(L):
+        h = work_at(H, widths, l, size, False)[:n]
+        np.dot(a, weight_at(P, offsets, widths, l), h)
+        code, b = codes[l] if l < L - 1 else LINEAR, bias_at(P, offsets, l)
+        for r in range(n):  # bias and activation in one pass over each row
+            for q in range(h.shape[1]):
+                h[r, q] += b[q]
+            act_forward_at(code, alphas[l], h, r, h.shape[1])
+        a = h
+    d = work_at(D, widths, L - 1, size, False)[:n]
+    d[:] = a
+    scale = 1.0 / n if mode == SOFTMAX_CCE else 2.0 / (n * d.shape[1])
+    loss, hits = output_block(mode, d, y, 0, scale, precision, tmp)
+    column_sums(d, bias_at(G, offsets, L - 1))
+    for l in range(L - 1, -1, -1):
+        a = x if l == 0 else work_at(H, widths, l - 1, size, False)[:n]
+        d = work_at(D, widths, l, size, False)[:n]
+        np.dot(a.T, d, weight_at(G, offsets, widths, l))
+        if l > 0:  # dx, the activation's derivative and the lower layer's db
+            dx = work_at(D, widths, l - 1, size, False)[:n]
+            np.dot(d, weight_at(P, offsets, widths, l).T, dx)
+            for r in range(n):
+                act_backward_at(codes[l - 1], alphas[l - 1], a, dx, r, dx.shape[1])
+            column_sums(dx, bias_at(G, offsets, l - 1))
+    return loss / n, hits / n
 
-    Returns False (and changes nothing) when a gradient is not finite.
+
+@jit
+def apply_update(P, G, S1, S2, offsets, regs, opt, hyper, step):
+    """Regularization gradient, finiteness check and optimizer update of the flat parameters ``P``.
+
+    ``regs`` holds (l1, l2) per parameter (the segments of ``offsets``); ``S1``/``S2``
+    the optimizer's state. Returns False (and changes nothing) when a gradient is not finite.
     """
-    for i in range(len(params)):
+    for i in range(regs.shape[0]):
         l1, l2 = regs[i, 0], regs[i, 1]
         if l1 or l2:
-            regularization_backward(params[i].ravel(), grads[i].ravel(), l1, l2)
-    for i in range(len(grads)):
-        if not all_finite(grads[i].ravel()):
-            return False
+            lo, hi = offsets[i], offsets[i + 1]
+            regularization_backward(P[lo:hi], G[lo:hi], l1, l2)
+    if not all_finite(G):
+        return False
     lr = hyper[0]
-    for i in range(len(params)):
-        p, g = params[i].ravel(), grads[i].ravel()
-        if opt == SGD:
-            sgd_update(p, g, lr)
-        elif opt == SGD_MOMENTUM:
-            sgd_momentum_update(p, g, state1[i].ravel(), lr, hyper[1])
-        else:
-            adam_update(p, g, state1[i].ravel(), state2[i].ravel(), lr, hyper[1], hyper[2], hyper[3], step)
+    if opt == SGD:
+        sgd_update(P, G, lr)
+    elif opt == SGD_MOMENTUM:
+        sgd_momentum_update(P, G, S1, lr, hyper[1])
+    else:
+        adam_update(P, G, S1, S2, lr, hyper[1], hyper[2], hyper[3], step)
     return True
 
 
 @jit
-def train_step(x, y, mode, blas, Ws, WTs, bs, dWs, dWTs, dbs, hs, ds, tmp, codes, alphas, narrow, precision,
-               params, grads, state1, state2, regs, opt, hyper, step):
-    """One whole training step; returns ``(data_loss, accuracy, finite)``."""
-    loss, acc = network_pass(x, y, mode, blas, Ws, WTs, bs, dWs, dWTs, dbs, hs, ds, tmp, codes, alphas, narrow,
-                             precision)
+def train_step(x, y, mode, blas, P, G, S1, S2, offsets, widths, xT, H, D, rows, tmp, codes, alphas, precision,
+               regs, opt, hyper, step):
+    """One whole training step; returns ``(data_loss, accuracy, finite)``.
+
+    ``blas`` picks ``blas_pass`` (work arrays sample-major, whole batch) over ``columns_pass``.
+    """
+    if blas:
+        loss, acc = blas_pass(x, y, mode, P, G, offsets, widths, H, D, tmp, codes, alphas, precision)
+    else:
+        loss, acc = columns_pass(x, y, mode, P, G, offsets, widths, xT, H, D, rows, tmp, codes, alphas, precision)
     if not np.isfinite(loss):
         return loss, acc, False
-    return loss, acc, apply_update(params, grads, state1, state2, regs, opt, hyper, step)
+    return loss, acc, apply_update(P, G, S1, S2, offsets, regs, opt, hyper, step)
