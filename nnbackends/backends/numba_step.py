@@ -1,10 +1,9 @@
 """The Numba compiled training step: one ``@njit`` call per batch.
 
-``compile_step(model)`` checks that the model is made of Dense layers with
-ReLU, LeakyReLU, Sigmoid, Tanh or Linear between them, ends in Softmax with
-categorical cross-entropy or in Linear with MSE, and trains with SGD (with or
-without momentum) or Adam; otherwise it returns None and the trainer uses the
-per-layer path. The step (``numba_kernels.train_step``) does forward, loss,
+``compile_step(model)`` runs models that ``step_plan`` admits (Dense layers
+with ReLU, LeakyReLU, Sigmoid, Tanh or Linear between them, ending in Softmax
+with categorical cross-entropy or Linear with MSE, trained with SGD or Adam);
+for any other it returns None and the trainer uses the per-layer path. The step (``numba_kernels.train_step``) does forward, loss,
 backward, regularization gradient, the finiteness check and the optimizer
 update. Small networks run blocks of samples through every layer with loop
 products on feature-major buffers (every inner loop runs over samples, so it
@@ -19,8 +18,6 @@ from .step_plan import step_plan
 
 #: Networks with at most this many weights run the feature-major loop pass; larger ones use BLAS.
 LOOP_MAX_WEIGHTS = 16_384
-
-
 #: Activation codes of the step by kernel name ("softmax" marks the Softmax+CCE output).
 ACTIVATION_CODES = {"linear": K.LINEAR, "relu": K.RELU, "leaky_relu": K.LEAKY_RELU, "sigmoid": K.SIGMOID,
                     "tanh": K.TANH, "softmax": K.LINEAR}
@@ -90,7 +87,7 @@ class CompiledStep:
         unused = np.empty(0, dtype)
         self.S1 = states[0] if states else unused
         self.S2 = states[1] if len(states) > 1 else unused
-        self.codes = np.array([max(a, K.LINEAR) for a in acts], dtype=np.int64)
+        self.codes = np.array(acts, dtype=np.int64)
         self.alphas = np.array(alphas, dtype=np.float64)
         self.regs = np.array([[p.l1, p.l2] for p in params], dtype=np.float64)
         self.hyper = np.zeros(4)
