@@ -190,6 +190,12 @@ class Case:
         """Do the work ``number`` times (at least); return how many times it was done."""
         raise NotImplementedError
 
+    def timed_run(self, number) -> tuple[int, float]:
+        """``run(number)``: how many times the work was done, and the seconds it took."""
+        start = time.perf_counter()
+        done = self.run(number)
+        return done, time.perf_counter() - start
+
     def extra_info(self) -> dict:
         """What pytest-benchmark records beside its timings."""
         return {"backend": self.backend, "dtype": self.dtype, "device": self.device, "flops": self.cost.flops,
@@ -241,15 +247,22 @@ class TrainCase(Case):
         self.cost = step_cost(self.model, self.batch)
 
     def run(self, number):
+        return self.timed_run(number)[0]
+
+    def timed_run(self, number):
+        """Steps done and the time of ``fit``'s training loop (``history.seconds``): the steady
+        state, without the checking and moving of the data that each ``fit`` call does once."""
         rows, epochs = _batches(number, len(self.X), self.batch)
         history = self.model.fit(self.X[:rows], self.y[:rows], epochs=epochs, batch_size=self.batch,
                                  shuffle=False, verbose=0)
         self.last_loss = history["loss"][-1]
-        return history.epochs * (rows // self.batch)
+        return history.steps, history.seconds
 
 
 class TorchTrainCase(TrainCase):
     """PyTorch eager on the same network, initial weights, data, batches and optimizer."""
+
+    timed_run = Case.timed_run  # its loop is all of run()
 
     def _warmup(self):
         import torch
@@ -468,9 +481,7 @@ def calibrate(case, min_round_s) -> int:
     """How many calls make a round of about ``min_round_s`` (untimed calls, extra warm-up)."""
     number = 1
     while min_round_s > 0:
-        start = time.perf_counter()
-        done = case.run(number)
-        elapsed = time.perf_counter() - start
+        done, elapsed = case.timed_run(number)
         if elapsed >= min_round_s / 4 or number >= 1 << 16:
             return max(1, round(done * min_round_s / max(elapsed, 1e-9)))
         number *= 4
@@ -487,9 +498,8 @@ def measure(cases, repeats, min_round_s) -> dict:
         number = calibrate(c, min_round_s)
         rounds = []
         for _ in range(repeats):
-            start = time.perf_counter()
-            done = c.run(number)
-            rounds.append((time.perf_counter() - start) / done)
+            done, seconds = c.timed_run(number)
+            rounds.append(seconds / done)
         times[id(c)] = rounds
     return times
 
