@@ -613,15 +613,15 @@ def thread_limit(threads):
 
 def run(plan: Plan, progress=None) -> dict:
     """Run ``plan``; returns the report (the JSON document) with every figure."""
+    names = plan.backend_names()
+    reasons = availability(names)  # creates the backends: their BLAS is loaded before the limit
     with thread_limit(plan.threads):
-        return _run(plan, progress)
+        return _run(plan, names, reasons, progress)
 
 
-def _run(plan, progress):
+def _run(plan, names, reasons, progress):
     say = progress or (lambda text: None)
     start = time.perf_counter()
-    names = plan.backend_names()
-    reasons = availability(names)
     for name, reason in reasons.items():
         if reason:
             say(f"{name}: not available: {reason}")
