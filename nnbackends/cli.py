@@ -12,7 +12,7 @@ import sys
 import numpy as np
 
 from . import bench, data_files, datasets, io
-from .backends import ENV_VAR, resolve_backend
+from .backends import ENV_VAR
 from .errors import BackendUnavailableError, ModelFileError, TrainingDivergedError
 from .layers import ACTIVATIONS, Dense, Dropout, Linear, Softmax, activation
 from .model import Model, load_model

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from nnbackends import bench
+from nnbackends.bench.report import row_key
 from nnbackends.backends import available_backends, registered_backends, unavailable_reason
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -96,7 +97,7 @@ def test_compare_reports_ratio_and_missing_rows(report):
     old["results"][0]["median_s"] = report["results"][0]["median_s"] * 2
     gone = old["results"][1]
     new = copy.deepcopy(report)
-    new["results"].remove(next(r for r in new["results"] if bench._key(r) == bench._key(gone)))
+    new["results"].remove(next(r for r in new["results"] if row_key(r) == row_key(gone)))
     text = bench.compare(old, new)
     first = report["results"][0]
     line = next(l for l in text.splitlines() if l.split()[:2] == [first["suite"], first["workload"]])

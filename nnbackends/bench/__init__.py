@@ -1,0 +1,35 @@
+"""Benchmarks: named workloads and kernels timed on every backend side by side.
+
+A *case* is one piece of work (a training workload or a kernel at a size) on
+one backend (or on a PyTorch eager peer, ``"torch"`` or ``"torch-cuda"``). Cases of the same work are
+set up first (``backend.warmup()``, then a first untimed call, both timed and
+reported apart), then timed backend after backend, each in consecutive rounds.
+Backends are not interleaved round by round: NumPy's and SciPy's OpenBLAS and
+PyTorch's OpenMP keep separate thread pools that spin for a while after each
+call, and alternating them on a small machine made each slow down the next
+(a Numba round after a PyTorch one ran up to 8 times slower here). Each figure
+is the median over rounds of the time per step (training) or per call (kernels).
+
+FLOPs: matrix products count exactly (2·n·i·o each, plus the bias additions);
+elementwise work counts a nominal number of operations per element
+(``ELEMENTWISE`` and ``UPDATES``). "% peak" is the achieved FLOP rate over a
+square float32 matrix product measured with NumPy in the same run.
+
+Modules: ``cost`` (FLOPs and bytes), ``cases`` (workloads and kernel cases), ``runner``
+(plan, timing, the JSON report), ``report`` (table, comparison, plot, README section) and
+``command`` (``nnbackends bench``). ``benchmarks/`` (pytest-benchmark) uses the same cases.
+"""
+from .cases import (KERNEL_NAMES, KERNEL_SIZES, PEERS, TORCH, WORKLOADS, KernelCase, TorchTrainCase, TrainCase,
+                    Workload)
+from .command import add_parser
+from .cost import ELEMENTWISE, UPDATES, Cost, step_cost
+from .report import README_END, README_START, compare, format_seconds, format_table, plot, update_readme
+from .runner import (Plan, availability, calibrate, measure_peak, pytest_benchmark, run, thread_limit,
+                     torch_unavailable_reason)
+
+__all__ = [
+    "ELEMENTWISE", "KERNEL_NAMES", "KERNEL_SIZES", "PEERS", "README_END", "README_START", "TORCH", "UPDATES",
+    "WORKLOADS", "Cost", "KernelCase", "Plan", "TorchTrainCase", "TrainCase", "Workload", "add_parser",
+    "availability", "calibrate", "compare", "format_seconds", "format_table", "measure_peak", "plot",
+    "pytest_benchmark", "run", "step_cost", "thread_limit", "torch_unavailable_reason", "update_readme",
+]

@@ -1,0 +1,70 @@
+"""``nnbackends bench``: the command-line front of the benchmark suite."""
+from __future__ import annotations
+
+import json
+import sys
+
+from ..validation import check_positive_int
+from .cases import KERNEL_NAMES, WORKLOADS
+from .report import compare, format_table, plot, update_readme
+from .runner import Plan, run
+
+
+DESCRIPTION = ("Time every backend on the same training workloads and kernels, and report medians, rates, "
+               "speed-ups against NumPy and PyTorch eager, and the share of this machine's float32 "
+               "matrix-multiply rate.")
+
+
+def _names(text):
+    return [part.strip() for part in text.split(",") if part.strip()] if text else None
+
+
+def add_parser(sub):
+    """Add ``bench`` to the subcommands of ``nnbackends``."""
+    p = sub.add_parser("bench", help="time every backend on the same workloads and kernels",
+                       description=DESCRIPTION)
+    p.add_argument("--suite", choices=("kernels", "train", "all"), default="all", help="what to time (default: all)")
+    p.add_argument("--backends", default=None,
+                   help="comma-separated backends; 'torch' and 'torch-cuda' for the PyTorch eager peers "
+                        "(default: every registered backend and both peers)")
+    p.add_argument("--workloads", default=None,
+                   help=f"comma-separated subset of: {', '.join([*WORKLOADS, *KERNEL_NAMES])} (default: all of them)")
+    p.add_argument("--dtype", choices=("float32", "float64"), default="float32", help="float type (default: float32)")
+    p.add_argument("--quick", action="store_true", help="fewer sizes and rounds, about a minute on two cores (default: off)")
+    p.add_argument("--smoke", action="store_true", help="tiny sizes, one round: checks the suite runs (default: off)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="threads for BLAS, Numba and PyTorch (default: each library's own, as many as cores)")
+    p.add_argument("--json", metavar="PATH", help="write every figure, the machine and versions as JSON (default: no file)")
+    p.add_argument("--plot", metavar="PATH", help="draw speed-up against problem size, needs matplotlib (default: no plot)")
+    p.add_argument("--compare", metavar="OLD.json", help="show what changed since an earlier --json run (default: no comparison)")
+    p.add_argument("--update-readme", metavar="README", help="put the table between the bench-table markers of this file (default: no file)")
+    p.set_defaults(run=cmd_bench)
+    return p
+
+
+def cmd_bench(args) -> int:
+    old = None
+    if args.compare:
+        with open(args.compare) as f:
+            old = json.load(f)
+    workloads = _names(args.workloads)
+    unknown = [w for w in workloads or () if w not in WORKLOADS and w not in KERNEL_NAMES]
+    if unknown:
+        raise ValueError(f"--workloads: unknown {', '.join(unknown)}; expected names from "
+                         f"{', '.join([*WORKLOADS, *KERNEL_NAMES])}.")
+    if args.threads is not None:
+        check_positive_int("--threads", args.threads)
+    plan = Plan(args.suite, _names(args.backends), workloads, args.dtype, args.quick, args.smoke, args.threads)
+    report = run(plan, progress=lambda text: print(text, file=sys.stderr, flush=True))
+    print(format_table(report))
+    if old is not None:
+        print()
+        print(compare(old, report))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=1)
+    if args.plot:
+        plot(report, args.plot)
+    if args.update_readme:
+        update_readme(args.update_readme, report)
+    return 0
