@@ -17,7 +17,7 @@ from .backends import (
     registered_backends,
     use_backend,
 )
-from .errors import BackendUnavailableError, ModelFileError, TrainingDivergedError
+from .errors import BackendUnavailableError, ModelFileError, TrainingDivergedError, UnknownBackendError
 from .model import History, Model, load_model
 
 __version__ = "0.1.0"
@@ -28,6 +28,7 @@ __all__ = [
     "Model",
     "ModelFileError",
     "TrainingDivergedError",
+    "UnknownBackendError",
     "available_backends",
     "current_backend",
     "datasets",

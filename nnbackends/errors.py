@@ -6,6 +6,10 @@ class BackendUnavailableError(RuntimeError):
     """A backend was asked for that is unknown or cannot run on this machine."""
 
 
+class UnknownBackendError(BackendUnavailableError, ValueError):
+    """A backend name that is not registered: a bad argument as well as an unavailable backend."""
+
+
 class TrainingDivergedError(FloatingPointError):
     """The loss or a gradient stopped being finite during ``fit``.
 

@@ -16,7 +16,7 @@ import time
 import numpy as np
 
 from . import io
-from .backends import Backend, get_backend, registered_backends
+from .backends import Backend, get_backend
 from .errors import TrainingDivergedError
 from .layers import Dense, Layer, Softmax
 from .losses import CategoricalCrossentropy, get_loss
@@ -68,7 +68,7 @@ class Model:
     """
 
     def __init__(self, backend=None, seed=None, dtype="float32"):
-        self.backend = get_backend(_check_backend_name(backend))
+        self.backend = get_backend(_check_backend_type(backend))
         self.dtype = check_choice("dtype", str(np.dtype(dtype)) if _is_dtype(dtype) else dtype, DTYPES)
         self.seed = check_seed("seed", seed)
         self.rng = np.random.default_rng(self.seed)
@@ -364,13 +364,11 @@ def load_model(path, backend=None):
     return io.load_model(path, backend)
 
 
-def _check_backend_name(backend):
-    """A Backend passes; a name must be "auto" or a registered backend (the registry says whether it runs here)."""
-    if backend is None or isinstance(backend, Backend):
+def _check_backend_type(backend):
+    """None, a Backend or a name (an unknown name is the registry's ``UnknownBackendError``, a ValueError)."""
+    if backend is None or isinstance(backend, (Backend, str)):
         return backend
-    if not isinstance(backend, str):
-        raise TypeError(f"backend must be a backend name or a Backend, got {backend!r} ({type(backend).__name__}).")
-    return check_choice("backend", backend.strip(), ("auto", *registered_backends()))
+    raise TypeError(f"backend must be a backend name or a Backend, got {backend!r} ({type(backend).__name__}).")
 
 
 def _is_dtype(dtype) -> bool:

@@ -119,6 +119,7 @@ def test_unknown_backend_lists_the_valid_names(monkeypatch):
         get_backend("tensorflow")
     message = str(info.value)
     assert "'tensorflow'" in message
+    assert isinstance(info.value, ValueError)  # also a bad argument, as the API's other bad names are
     for name in ["auto", *registered_backends()]:
         assert name in message
     monkeypatch.setenv(ENV_VAR, "tensorflow")  # a bad environment value fails the same way

@@ -17,7 +17,7 @@ import os
 from dataclasses import dataclass
 from typing import Callable
 
-from ..errors import BackendUnavailableError
+from ..errors import BackendUnavailableError, UnknownBackendError
 from .base import KERNELS, ArrayBackend, Backend
 
 __all__ = [
@@ -115,7 +115,7 @@ def resolve_backend(name: str | None = None) -> str:
         return _auto()
     if name not in _registry:
         valid = ", ".join(["auto", *_registry])
-        raise BackendUnavailableError(f"Unknown backend {name!r}; valid names are: {valid}.")
+        raise UnknownBackendError(f"Unknown backend {name!r}; valid names are: {valid}.")
     return name
 
 
