@@ -128,9 +128,9 @@ def test_stale_cache_cannot_hide_an_edited_callee(tmp_path):
     assert first.returncode == 0, first.stderr
     assert float(first.stdout) == 3.0
     source = module.read_text()
-    relu_line = "            v[r, i] = 0 if v[r, i] <= 0 else v[r, i]\n"
+    relu_line = "            out[r, i] = 0 if x[r, i] <= 0 else x[r, i]\n"
     assert source.count(relu_line) == 1
-    module.write_text(source.replace(relu_line, relu_line.replace("else v[r, i]", "else 2 * v[r, i]")))
+    module.write_text(source.replace(relu_line, relu_line.replace("else x[r, i]", "else 2 * x[r, i]")))
     second = run_python(code, env)
     assert second.returncode == 0, second.stderr
     assert float(second.stdout) == 6.0
