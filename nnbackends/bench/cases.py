@@ -11,7 +11,7 @@ import numpy as np
 
 from .. import datasets
 from ..backends import get_backend
-from ..layers import ACTIVATIONS, Dense, Param, ReLU, Softmax
+from ..layers import ACTIVATIONS, Dense, Param, Softmax
 from ..model import Model
 from ..optimizers import OPTIMIZERS
 from .cost import Cost, dense_backward_cost, dense_forward_cost, elementwise_cost, step_cost, update_cost
@@ -21,11 +21,14 @@ TORCH = "torch"
 #: PyTorch eager peers and the torch device each runs on.
 PEERS = {TORCH: "cpu", "torch-cuda": "cuda"}
 TORCH_INSTALL = 'pip install "nnbackends[peers]"'
+#: The PyTorch module of each hidden activation a workload may use.
+TORCH_ACTIVATIONS = {"relu": lambda torch: torch.nn.ReLU(), "tanh": lambda torch: torch.nn.Tanh(),
+                     "sigmoid": lambda torch: torch.nn.Sigmoid()}
 
 
 @dataclass(frozen=True)
 class Workload:
-    """A named training job: data, a Dense/ReLU/Softmax network, a batch size and an optimizer."""
+    """A named training job: data, a Dense network (hidden activation, Softmax), a batch size and an optimizer."""
 
     name: str
     description: str
@@ -34,6 +37,7 @@ class Workload:
     batch_size: int | None  # None: full batch
     optimizer: str
     optimizer_args: dict = field(default_factory=dict)
+    hidden: str = "relu"  # key of layers.ACTIVATIONS
 
     def make_optimizer(self):
         return OPTIMIZERS[self.optimizer](**self.optimizer_args)
@@ -42,7 +46,7 @@ class Workload:
         model = Model(backend=backend, seed=seed, dtype=dtype)
         for i, (n_in, n_out) in enumerate(zip(self.layers, self.layers[1:])):
             model.add(Dense(n_in, n_out))
-            model.add(Softmax() if i == len(self.layers) - 2 else ReLU())
+            model.add(Softmax() if i == len(self.layers) - 2 else ACTIVATIONS[self.hidden]())
         return model.compile(loss="categorical_crossentropy", optimizer=self.make_optimizer())
 
     @property
@@ -53,6 +57,8 @@ class Workload:
 WORKLOADS = {w.name: w for w in (
     Workload("spiral", "nnfs spiral data, 300 samples, full batch", "spiral", (2, 64, 3), None,
              "adam", {"learning_rate": 0.05, "decay": 5e-7}),
+    Workload("spiral-tanh", "the spiral job with Tanh (a transcendental per hidden unit)", "spiral", (2, 64, 3),
+             None, "adam", {"learning_rate": 0.05, "decay": 5e-7}, hidden="tanh"),
     Workload("digits", "scikit-learn digits, 1,797 samples", "digits", (64, 128, 10), 32,
              "adam", {"learning_rate": 0.001}),
     Workload("mnist-shaped", "60,000 random MNIST-shaped samples", "mnist-shaped", (784, 256, 256, 10), 128,
@@ -193,7 +199,7 @@ class TorchTrainCase(TrainCase):
             with torch.no_grad():
                 linear.weight.copy_(torch.from_numpy(weights[i].T.copy()))
                 linear.bias.copy_(torch.from_numpy(weights[i + 1]))
-            modules += [linear, torch.nn.ReLU()]
+            modules += [linear, TORCH_ACTIVATIONS[self.w.hidden](torch)]
         self.net = torch.nn.Sequential(*modules[:-1]).to(self.device, getattr(torch, self.dtype))
         args = dict(self.w.optimizer_args)
         self.lr, self.decay = args.pop("learning_rate"), args.pop("decay", 0.0)
