@@ -231,14 +231,16 @@ class Model:
         start = time.perf_counter()
         with _deferred_interrupt() as interrupted, np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             for epoch in range(1, epochs + 1):
-                xe, ye = x, y_dev
+                order = None
                 if shuffle and steps_per_epoch > 1:
                     order = self.backend.asarray(self.rng.permutation(n))
-                    xe, ye = x[order], y_dev[order]
                 loss_sum = acc_sum = 0.0
                 reg_sum = 0.0
                 for s in range(steps_per_epoch):
-                    xb, yb = xe[s * batch_size:(s + 1) * batch_size], ye[s * batch_size:(s + 1) * batch_size]
+                    rows = slice(s * batch_size, (s + 1) * batch_size)
+                    if order is not None:  # gather a batch at a time: no shuffled copy of the whole data
+                        rows = order[rows]
+                    xb, yb = x[rows], y_dev[rows]
                     opt.pre_update()
                     reg = self.regularization_loss(regularized) if regularized else None  # weights before the step
                     data_loss, acc, finite = step(xb, yb)

@@ -121,3 +121,37 @@ def test_history_times_the_first_epoch_apart_from_the_steady_state():
     assert many.steps == 4 * 3
     assert 0 < many.first_epoch_seconds < many.seconds
     assert many.steps_per_second == pytest.approx(9 / (many.seconds - many.first_epoch_seconds))
+
+
+@pytest.mark.parametrize("shuffle", [True, False])
+def test_each_epoch_sees_every_row_once_with_its_label(backend, shuffle):
+    """Batches of 7 over 30 rows: sizes 7,7,7,7,2, every (row, label) pair once per epoch;
+    shuffled, the order changes from epoch to epoch, otherwise it is the data's order."""
+    X = np.arange(60, dtype=np.float64).reshape(30, 2)
+    y = np.arange(30) % 3
+    model = Model(backend=backend, seed=0, dtype="float64")
+    model.add(Dense(2, 3)).add(Softmax())
+    model.compile(loss="categorical_crossentropy", optimizer="sgd")
+    seen = []
+    step = model.train_step
+
+    def recording_step(xb, yb):
+        seen.append((backend.to_numpy(xb).copy(), backend.to_numpy(yb).copy()))
+        return step(xb, yb)
+
+    model.train_step = recording_step
+    model.fit(X, y, epochs=3, batch_size=7, shuffle=shuffle, verbose=0, compiled=False)
+    assert [len(xb) for xb, _ in seen] == [7, 7, 7, 7, 2] * 3
+    orders = []
+    for epoch in range(3):
+        xs = np.concatenate([xb for xb, _ in seen[5 * epoch:5 * epoch + 5]])
+        ys = np.concatenate([yb for _, yb in seen[5 * epoch:5 * epoch + 5]])
+        rows = (xs[:, 0] / 2).astype(int)
+        np.testing.assert_array_equal(np.sort(rows), np.arange(30))
+        np.testing.assert_array_equal(ys, y[rows])
+        orders.append(rows)
+    if shuffle:
+        assert not np.array_equal(orders[0], np.arange(30))
+        assert not np.array_equal(orders[0], orders[1])
+    else:
+        assert all(np.array_equal(o, np.arange(30)) for o in orders)
