@@ -80,7 +80,7 @@ _PTX = {}
 
 def ptx_for(dtype) -> str:
     if dtype not in _PTX:
-        _PTX[dtype] = nvrtc_compile(cb.kernel_source(), cb.compile_options(dtype))
+        _PTX[dtype] = nvrtc_compile(cb.kernel_source(), cb.compile_options(dtype) + cb.CUPY_NVRTC_OPTIONS)
     return _PTX[dtype]
 
 
@@ -229,18 +229,23 @@ def test_compiled_step_matches_per_layer_path(build, batch_size):
     assert_close(got_hist["accuracy"], want_hist["accuracy"], "float64")
 
 
-def test_compiled_step_regression():
+def sine_data():
     X = np.random.default_rng(5).uniform(-1, 1, (64, 1))  # no symmetry: Adam would amplify rounding of cancelling gradients
-    y = np.sin(3 * X)
+    return X, np.sin(3 * X)
 
-    def build(be, dt):
-        model = Model(backend=be, seed=1, dtype=dt)
-        for layer in (Dense(1, 16), Tanh(), Dense(16, 1), Linear()):
-            model.add(layer)
-        return model.compile(loss="mse", optimizer=Adam(0.01))
 
-    want, want_hist = _train("numpy", build, X, y, compiled=False, epochs=4)
-    got, got_hist = _train(cb.CupyArrayCode(), build, X, y, compiled=True, epochs=4)
+def sine_model(be, dt):
+    """Regression ending in a one-output Dense layer (its bias gradient is a single column sum)."""
+    model = Model(backend=be, seed=1, dtype=dt)
+    for layer in (Dense(1, 16), Tanh(), Dense(16, 1), Linear()):
+        model.add(layer)
+    return model.compile(loss="mse", optimizer=Adam(0.01))
+
+
+def test_compiled_step_regression():
+    X, y = sine_data()
+    want, want_hist = _train("numpy", sine_model, X, y, compiled=False, epochs=4)
+    got, got_hist = _train(cb.CupyArrayCode(), sine_model, X, y, compiled=True, epochs=4)
     assert_close(got_hist["loss"], want_hist["loss"], "float64")
     assert_close(got_hist["accuracy"], want_hist["accuracy"], "float64")
     for g, w in zip(got.get_weights(), want.get_weights()):
@@ -287,15 +292,21 @@ def _fresh_registry(monkeypatch):
     monkeypatch.setattr(registry, "_failures", {})
 
 
-def _fake_cupy(device_count=None, error=None):
-    """A module that looks like CuPy to the probe: ``error`` is raised by the device count."""
+def _fake_cupy(device_count=None, error=None, context_error=None):
+    """A module that looks like CuPy to the probe: ``error`` is raised by the device count,
+    ``context_error`` when the probe creates a context on the device."""
     def count():
         if error:
             raise error
         return device_count
 
+    def memory():
+        if context_error:
+            raise context_error
+        return 80 << 30, 80 << 30
+
     cuda = types.SimpleNamespace(
-        runtime=types.SimpleNamespace(getDeviceCount=count),
+        runtime=types.SimpleNamespace(getDeviceCount=count, memGetInfo=memory),
         Device=lambda: types.SimpleNamespace(compute_capability="90"),
         nvrtc=types.SimpleNamespace(getVersion=lambda: (12, 9)),
     )
@@ -327,6 +338,29 @@ def test_cupy_without_a_device_quotes_the_driver(monkeypatch, count, error, text
     message = str(info.value)
     assert "CuPy 99.0 is installed but no CUDA device answers" in message
     assert text in message
+    assert registry.resolve_backend("auto") != "cupy"
+
+
+def test_a_device_that_cannot_take_a_context_is_not_picked(monkeypatch):
+    _fresh_registry(monkeypatch)
+    busy = RuntimeError("cudaErrorDevicesUnavailable: CUDA-capable device(s) is/are busy or unavailable")
+    monkeypatch.setitem(sys.modules, "cupy", _fake_cupy(device_count=1, context_error=busy))
+    with pytest.raises(BackendUnavailableError, match="no CUDA device answers: RuntimeError: cudaErrorDevicesUnavailable"):
+        get_backend("cupy")
+    assert registry.resolve_backend("auto") != "cupy"
+
+
+def test_a_cupy_that_fails_to_import_says_so(monkeypatch, tmp_path):
+    _fresh_registry(monkeypatch)
+    (tmp_path / "cupy").mkdir()
+    (tmp_path / "cupy" / "__init__.py").write_text("raise RuntimeError('two CuPy builds are installed')\n")
+    monkeypatch.delitem(sys.modules, "cupy", raising=False)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(BackendUnavailableError) as info:
+        get_backend("cupy")
+    message = str(info.value)
+    assert "CuPy is installed but fails to import: RuntimeError: two CuPy builds are installed" in message
+    assert "never both" in message
     assert registry.resolve_backend("auto") != "cupy"
 
 
@@ -376,6 +410,18 @@ def test_gpu_graph_step_matches_per_layer_path(gpu, build, dtype):
     step = got._compiled_step
     assert all(type(replay).__name__ != "function" for _, replay in step.shapes.values()), "no CUDA graph"
     assert len(step.shapes) == 2  # the full batches and the last partial one
+    for g, w in zip(got.get_weights(), want.get_weights()):
+        assert_close(g, w, dtype)
+    assert_close(got_hist["loss"], want_hist["loss"], dtype)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_gpu_regression_graph_step_matches_per_layer_path(gpu, dtype):
+    X, y = sine_data()
+    want, want_hist = _train(gpu, sine_model, X, y, compiled=False, batch_size=16, dtype=dtype)
+    got, got_hist = _train(gpu, sine_model, X, y, compiled=True, batch_size=16, dtype=dtype)
+    assert all(type(replay).__name__ != "function" for _, replay in got._compiled_step.shapes.values()), "no graph"
     for g, w in zip(got.get_weights(), want.get_weights()):
         assert_close(g, w, dtype)
     assert_close(got_hist["loss"], want_hist["loss"], dtype)

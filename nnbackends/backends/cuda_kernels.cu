@@ -183,8 +183,8 @@ __device__ void cce_loss_(const real* p, T t, real* out, int rows, int cols) {
 
 template <class T>
 __device__ void cce_backward_(const real* p, T t, real* g, int rows, int cols) {
-    // Probabilities below CLIP divide as CLIP (base.cce_backward), so p == 0 stays finite.
-    FOR_EACH(i, (long long)rows * cols) g[i] = -t.at(i) / (fmax(p[i], (real)CLIP) * (real)rows);
+    // Probabilities below CLIP divide as CLIP (base.cce_backward), so p == 0 stays finite; NaN passes.
+    FOR_EACH(i, (long long)rows * cols) g[i] = -t.at(i) / ((p[i] < (real)CLIP ? (real)CLIP : p[i]) * (real)rows);
 }
 
 template <class T>
@@ -249,6 +249,14 @@ extern "C" __global__ void binary_accuracy(const real* p, const real* y, real* o
 extern "C" __global__ void regression_accuracy(const real* p, const real* y, real* out, long long n,
                                                real precision) {
     reduce_mean([=](long long i) { return (double)(fabs(p[i] - y[i]) < precision); }, n, n, out);
+}
+
+// ------------------------------------------------------------------ dense
+// out[j] = sum of column j of the rows x cols matrix a (a Dense layer's bias
+// gradient), in double; launched as one REDUCE_THREADS block per column.
+extern "C" __global__ void column_sums(const real* a, real* out, int rows, int cols) {
+    const int j = blockIdx.x;
+    reduce_mean([=](long long r) { return (double)a[r * cols + j]; }, rows, 1.0, out + j);
 }
 
 // ------------------------------------------------------------------ regularization

@@ -31,7 +31,7 @@ from .step_plan import step_plan
 KERNEL_FILE = "cuda_kernels.cu"
 #: Every kernel defined in ``cuda_kernels.cu`` (a test checks the list against the compiled code).
 KERNEL_NAMES = (
-    "activation_forward", "activation_backward", "bias_activation_forward",
+    "activation_forward", "activation_backward", "bias_activation_forward", "column_sums",
     "softmax_forward", "softmax_backward",
     "cce_loss_labels", "cce_loss_onehot", "cce_backward_labels", "cce_backward_onehot",
     "softmax_cce_backward_labels", "softmax_cce_backward_onehot",
@@ -56,15 +56,21 @@ MAX_GRAPHS = 4
 log = logging.getLogger("nnbackends")
 
 
+#: What CuPy's RawModule adds to the options of every NVRTC compile (the tests compile with them too).
+CUPY_NVRTC_OPTIONS = ("--device-as-default-execution-space", "-ftz=true")
+
+
 def kernel_source() -> str:
     """The CUDA source of every kernel this backend launches."""
     return importlib.resources.files(__package__).joinpath(KERNEL_FILE).read_text(encoding="utf-8")
 
 
 def compile_options(dtype) -> tuple[str, ...]:
-    """NVRTC options for the kernels of ``dtype`` (CuPy adds the target architecture).
+    """NVRTC options for the kernels of ``dtype``; CuPy adds ``CUPY_NVRTC_OPTIONS`` and the architecture.
 
     ``--fmad=false`` keeps every product and sum rounded as the NumPy reference rounds it.
+    CuPy's ``-ftz=true`` flushes float32 subnormals (below 1.2e-38) to zero on the GPU,
+    where NumPy keeps them; no result the tests compare is that small.
     """
     return ("--std=c++17", "--fmad=false", f"-DREAL={C_TYPES[np.dtype(dtype).name]}")
 
@@ -80,9 +86,6 @@ class CupyArrayCode(ArrayBackend):
     name = "cupy-numpy"
     blas_kernels = ("dense_forward", "dense_backward")
 
-    def __init__(self):
-        self._ones = {}  # (n, dtype) -> a (1, n) row of ones: column sums as a matrix product
-
     # ------------------------------------------------------------------ plumbing
     def _empty(self, shape, dtype):
         return self.xp.empty(shape, dtype=dtype)
@@ -94,12 +97,6 @@ class CupyArrayCode(ArrayBackend):
         """Class targets as kernels take them: int64 labels, or one-hot rows as they are."""
         y = self._contiguous(y)
         return y.astype(np.int64, copy=False) if y.ndim == 1 else y
-
-    def _ones_row(self, n, dtype):
-        key = (n, np.dtype(dtype).name)
-        if key not in self._ones:
-            self._ones[key] = self.xp.ones((1, n), dtype=dtype)
-        return self._ones[key]
 
     def _matmul(self, a, b, out=None):
         """``a @ b`` (2-D) written into ``out`` (allocated when None): cuBLAS on the GPU."""
@@ -134,6 +131,10 @@ class CupyArrayCode(ArrayBackend):
 
     def _softmax_into(self, x, out):
         out[...] = _reference("softmax_forward")(self, x)
+
+    def _column_sums_into(self, a, out):
+        """``out = a.sum(axis=0)``: a Dense layer's bias gradient."""
+        self.xp.sum(a, axis=0, out=out)
 
     def _softmax_backward_into(self, y, dy, out):
         out[...] = _reference("softmax_backward")(self, y, dy)
@@ -207,7 +208,8 @@ class CupyArrayCode(ArrayBackend):
     def dense_backward(self, x, W, dy, need_dx=True):
         dy = self._contiguous(dy)
         dW = self._matmul(x.T, dy)
-        db = self._matmul(self._ones_row(dy.shape[0], dy.dtype), dy).reshape(-1)
+        db = self._empty((dy.shape[1],), dy.dtype)
+        self._column_sums_into(dy, db)
         dx = self._matmul(dy, W.T) if need_dx else None
         return dx, dW, db
 
@@ -354,7 +356,6 @@ class _Buffers:
         self.z = [be._empty((n, d.n_neurons), dtype) for d, _, _ in plan]  # pre-activations
         self.h = [z if kind == "linear" else be._empty(z.shape, dtype) for z, (_, kind, _) in zip(self.z, plan)]
         self.g = [be._empty(z.shape, dtype) for z in self.z]  # loss gradient w.r.t. each z
-        self.ones = be._ones_row(n, dtype)
         self.result = be.zeros((2,), dtype)  # data loss, accuracy
         self.nonfinite = be.zeros((), np.int32)
         self.checked = be._array_table([self.result[0, ...], *grads])  # must stay finite
@@ -394,8 +395,9 @@ class GraphStep:
         metric = self.model.metric
         for p, g in zip(self.params, self.grads):
             p.grad = g
-        x = be._contiguous(x)
-        y = be._labels(y) if self.plan[-1][1] == "softmax" else be._contiguous(y)
+        dtype = self.model.dtype  # that of the graph's buffers
+        x = be._contiguous(x).astype(dtype, copy=False)
+        y = be._labels(y) if self.plan[-1][1] == "softmax" else be._contiguous(y).astype(dtype, copy=False)
         precision = getattr(metric, "precision", None)
         key = (x.shape, y.shape, y.dtype.str, precision)
         entry = self.shapes.get(key)
@@ -448,7 +450,7 @@ class GraphStep:
         for i in range(len(plan) - 1, -1, -1):
             dense = plan[i][0]
             be._matmul((b.x if i == 0 else b.h[i - 1]).T, b.g[i], dense.W.grad)
-            be._matmul(b.ones, b.g[i], dense.b.grad.reshape(1, -1))
+            be._column_sums_into(b.g[i], dense.b.grad)
             if i:
                 _, kind, alpha = plan[i - 1]
                 be._matmul(b.g[i], dense.W.value.T, b.g[i - 1])
@@ -471,10 +473,15 @@ def _import_cupy():
         raise BackendUnavailableError(
             f"The 'cupy' backend needs CuPy, which is not installed here ({exc}). Install it with: {INSTALL}."
         ) from exc
+    except Exception as exc:  # a broken install, e.g. two CuPy builds at once
+        raise BackendUnavailableError(
+            f"CuPy is installed but fails to import: {type(exc).__name__}: {exc}. Reinstall one build: {INSTALL}."
+        ) from exc
     try:
         if cupy.cuda.runtime.getDeviceCount() < 1:
             raise RuntimeError("the CUDA runtime reports no device")
         cupy.cuda.Device().compute_capability  # noqa: B018 (asks the driver)
+        cupy.cuda.runtime.memGetInfo()  # creates the context: a device that is busy or unusable fails here
         cupy.cuda.nvrtc.getVersion()
     except Exception as exc:  # CUDARuntimeError, CUDADriverError, a missing libnvrtc ...
         raise BackendUnavailableError(
@@ -483,6 +490,10 @@ def _import_cupy():
             f"(check nvidia-smi) and the CuPy build that matches it: {INSTALL}."
         ) from exc
     return cupy
+
+
+def _no_allocation(size):
+    raise RuntimeError(f"the step allocated {size} bytes during CUDA graph capture")
 
 
 class _Table:
@@ -510,6 +521,7 @@ class CupyBackend(CupyArrayCode):
         self.xp = self.cupy = _import_cupy()
         self._modules = {}
         self._functions = {}
+        self._capture_stream = None
 
     # ------------------------------------------------------------------ plumbing
     def to_numpy(self, x) -> np.ndarray:
@@ -566,9 +578,13 @@ class CupyBackend(CupyArrayCode):
         dst.data.copy_from_device_async(src.data, src.nbytes)  # one memcpy node, no kernel
 
     def _capture(self, body):
+        """Capture on one side stream kept by the backend, with allocation forbidden: memory the
+        pool handed out during capture could be freed and reused while the graph still writes it."""
         cp = self.cupy
-        stream = cp.cuda.Stream(non_blocking=True)
-        with stream:
+        if self._capture_stream is None:
+            self._capture_stream = cp.cuda.Stream(non_blocking=True)
+        stream = self._capture_stream
+        with stream, cp.cuda.using_allocator(_no_allocation):
             stream.begin_capture()
             try:
                 body()
@@ -593,6 +609,11 @@ class CupyBackend(CupyArrayCode):
 
     def _softmax_into(self, x, out):
         self._rows("softmax_forward", x.shape[0], x.dtype, x, out, np.int32(x.shape[0]), np.int32(x.shape[1]))
+
+    def _column_sums_into(self, a, out):
+        if a.shape[1]:
+            self._function("column_sums", a.dtype)((a.shape[1],), (REDUCE_THREADS,),
+                                                   (a, out, np.int32(a.shape[0]), np.int32(a.shape[1])))
 
     def _softmax_backward_into(self, y, dy, out):
         self._rows("softmax_backward", y.shape[0], y.dtype, y, dy, out, np.int32(y.shape[0]), np.int32(y.shape[1]))
