@@ -2,8 +2,8 @@
 
 Each kernel of the table is one of this class's own methods calling its own
 compiled code in ``numba_kernels`` (nothing is forwarded to the NumPy
-backend); matrix products call BLAS through ``np.dot`` inside the compiled
-code. Compiled code is cached on disk where Numba puts its cache
+backend); matrix products call BLAS from the compiled code (NumPy's own
+OpenBLAS where it can be found, see ``numba_blas``). Compiled code is cached on disk where Numba puts its cache
 (``NUMBA_CACHE_DIR`` when set). ``compile_step`` builds the fused training
 step of ``numba_step``.
 """
@@ -15,7 +15,7 @@ from .base import ArrayBackend
 
 try:
     import numba
-    import scipy.linalg.cython_blas  # noqa: F401  (np.dot inside @njit needs SciPy's BLAS)
+    import scipy.linalg.cython_blas  # noqa: F401  (np.dot inside @njit, numba_blas's fallback, needs it)
 except ImportError as exc:  # the registry turns this into BackendUnavailableError
     raise ImportError(f"{exc.name or exc} is not installed") from exc
 
@@ -179,7 +179,7 @@ class NumbaBackend(ArrayBackend):
             "threading_layer": _threading_layer(),
             "threads": numba.config.NUMBA_NUM_THREADS,
             "cache_dir": numba.config.CACHE_DIR or "__pycache__ next to the source",
-            "blas": "scipy.linalg.cython_blas (np.dot inside @njit)",
+            "blas": K.BLAS,
         }
 
 

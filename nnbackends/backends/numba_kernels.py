@@ -11,18 +11,24 @@ so NaN and Inf propagate through softmax and the losses as in NumPy. Because
 reassociation may cancel ``x - x``, finiteness is tested on the IEEE exponent
 bits with integer arithmetic. Reductions accumulate in float64.
 
-Kernels are serial (no ``prange``): matrix products go to BLAS (``np.dot``
-here calls SciPy's BLAS, threaded by OpenBLAS). On this project's 2-core test
-machine a ``prange`` pool halved a 1M-element elementwise kernel but saved
-under 2% of a BLAS-bound step, cost time on small batches, and would make a
-forked child that trains die under GNU OpenMP (the layer Numba picks when TBB
-is absent) or make concurrent training threads abort under ``workqueue``.
+Matrix products go to BLAS through ``matmul_into``, which calls two symbols
+declared here (their signature is compiled into the callers, so it lives with
+them) and bound by ``numba_blas`` to NumPy's own OpenBLAS where it can be found.
+
+The kernels are serial (no ``prange``): on this project's 2-core test machine a
+``prange`` pool halved a 1M-element elementwise kernel but saved under 2% of a
+BLAS-bound step (0.5% at batch 4096), cost time on small batches, and would
+make a forked child that trains die under GNU OpenMP (the layer Numba picks
+when TBB is absent) or make concurrent training threads abort under ``workqueue``.
 """
 from __future__ import annotations
 
 import numpy as np
 from numba import njit, types
+from numba.core.errors import TypingError
 from numba.extending import overload
+
+from nnbackends.backends import numba_blas  # absolute: a copy of this file (a cache test) imports it too
 
 FASTMATH = {"nsz", "arcp", "contract", "reassoc"}
 #: NumPy's error model: a float division by zero gives Inf or NaN as in NumPy, with no
@@ -254,10 +260,56 @@ def at_least_clip(p):
     return p
 
 
+# ====================================================================== matrix products
+def gemm_signature(real):
+    """``cblas_?gemm`` with 64-bit integers: (order, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)."""
+    i32, i64, ptr = types.int32, types.int64, types.voidptr
+    return types.void(i32, i32, i32, i64, i64, i64, real, ptr, i64, ptr, i64, real, ptr, i64)
+
+
+GEMM = {"float32": ("nnbackends_sgemm", gemm_signature(types.float32)),
+        "float64": ("nnbackends_dgemm", gemm_signature(types.float64))}
+#: Which BLAS the symbols reach, in words (for ``nnbackends info``).
+BLAS = numba_blas.bind(GEMM)
+GEMM_FUNCTIONS = {name: types.ExternalFunction(*GEMM[name]) for name in GEMM}
+
+
+def matmul_into(a, b, out, trans_a, trans_b):
+    """``out = op(a) @ op(b)`` with BLAS, ``op`` transposing where its flag is set.
+
+    Operands are C-contiguous 2-D arrays of one float type (a typing error otherwise);
+    shapes that do not match raise ValueError.
+    """
+
+
+@overload(matmul_into, jit_options=JIT_OPTIONS)
+def _matmul_into(a, b, out, trans_a, trans_b):
+    arrays = (a, b, out)
+    if not all(isinstance(t, types.Array) and t.ndim == 2 and t.layout == "C" for t in arrays):
+        raise TypingError(f"matmul_into takes C-contiguous 2-D arrays, got {arrays}")
+    if not (a.dtype == b.dtype == out.dtype and a.dtype.name in GEMM):
+        raise TypingError(f"matmul_into takes float32 or float64 arrays of one type, got {arrays}")
+    gemm, real = GEMM_FUNCTIONS[a.dtype.name], a.dtype
+
+    def impl(a, b, out, trans_a, trans_b):
+        m, n = out.shape
+        k = a.shape[0] if trans_a else a.shape[1]
+        if (a.shape[1] if trans_a else a.shape[0]) != m or (b.shape[1] if trans_b else b.shape[0]) != k \
+                or (b.shape[0] if trans_b else b.shape[1]) != n:
+            raise ValueError("matmul_into: the operands' shapes do not match the output's")
+        if m and n:
+            gemm(np.int32(numba_blas.ROW_MAJOR), np.int32(numba_blas.TRANS if trans_a else numba_blas.NO_TRANS),
+                 np.int32(numba_blas.TRANS if trans_b else numba_blas.NO_TRANS), m, n, k, real(1.0),
+                 a.ctypes.data, max(1, a.shape[1]), b.ctypes.data, max(1, b.shape[1]), real(0.0),
+                 out.ctypes.data, n)
+    return impl
+
+
 # ====================================================================== kernels: dense
 @jit
 def dense_forward(x, W, b):
-    out = np.dot(x, W)
+    out = np.empty((x.shape[0], W.shape[1]), x.dtype)
+    matmul_into(np.ascontiguousarray(x), np.ascontiguousarray(W), out, False, False)
     for r in range(out.shape[0]):
         row = out[r]
         for j in range(row.size):
@@ -278,14 +330,19 @@ def column_sums(d, out):
 @jit
 def dense_grads(x, dy):
     """``(x.T @ dy, dy.sum(axis=0))``."""
+    dy = np.ascontiguousarray(dy)
     db = np.empty(dy.shape[1], dy.dtype)
     column_sums(dy, db)
-    return np.dot(x.T, dy), db
+    dW = np.empty((x.shape[1], dy.shape[1]), dy.dtype)
+    matmul_into(np.ascontiguousarray(x), dy, dW, True, False)
+    return dW, db
 
 
 @jit
 def dense_input_grad(W, dy):
-    return np.dot(dy, W.T)
+    dx = np.empty((dy.shape[0], W.shape[0]), dy.dtype)
+    matmul_into(np.ascontiguousarray(dy), np.ascontiguousarray(W), dx, False, True)
+    return dx
 
 
 # ====================================================================== kernels: activations
@@ -895,7 +952,7 @@ def blas_pass(x, y, mode, P, G, offsets, widths, H, D, tmp, codes, alphas, preci
     a = x
     for l in range(L):
         h = work_at(H, widths, l, size, False)[:n]
-        np.dot(a, weight_at(P, offsets, widths, l), h)
+        matmul_into(a, weight_at(P, offsets, widths, l), h, False, False)
         code, b = codes[l] if l < L - 1 else LINEAR, bias_at(P, offsets, l)
         for r in range(n):  # bias and activation in one pass over each row
             for q in range(h.shape[1]):
@@ -910,10 +967,10 @@ def blas_pass(x, y, mode, P, G, offsets, widths, H, D, tmp, codes, alphas, preci
     for l in range(L - 1, -1, -1):
         a = x if l == 0 else work_at(H, widths, l - 1, size, False)[:n]
         d = work_at(D, widths, l, size, False)[:n]
-        np.dot(a.T, d, weight_at(G, offsets, widths, l))
+        matmul_into(a, d, weight_at(G, offsets, widths, l), True, False)
         if l > 0:  # dx, the activation's derivative and the lower layer's db
             dx = work_at(D, widths, l - 1, size, False)[:n]
-            np.dot(d, weight_at(P, offsets, widths, l).T, dx)
+            matmul_into(d, weight_at(P, offsets, widths, l), dx, False, True)
             for r in range(n):
                 act_backward_at(codes[l - 1], alphas[l - 1], a, dx, dx, r, dx.shape[1])
             column_sums(dx, bias_at(G, offsets, l - 1))

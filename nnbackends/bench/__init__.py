@@ -4,7 +4,7 @@ A *case* is one piece of work (a training workload or a kernel at a size) on
 one backend (or on a PyTorch eager peer, ``"torch"`` or ``"torch-cuda"``). Cases of the same work are
 set up first (``backend.warmup()``, then a first untimed call, both timed and
 reported apart), then timed backend after backend, each in consecutive rounds.
-Backends are not interleaved round by round: NumPy's and SciPy's OpenBLAS and
+Backends are not interleaved round by round: NumPy's OpenBLAS (Numba's too) and
 PyTorch's OpenMP keep separate thread pools that spin for a while after each
 call, and alternating them on a small machine made each slow down the next
 (a Numba round after a PyTorch one ran up to 8 times slower here). Each figure
