@@ -43,15 +43,22 @@ def _numpy_gemm_addresses():
 def gemm_with_np_dot(order, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
     """The fallback behind the symbols: ``c = alpha * op(a) @ op(b) + beta * c``, row-major, for the
     calls the kernels make (contiguous operands: each leading dimension is its row length)."""
-    A = carray(a, (k, m)).T if trans_a == TRANS else carray(a, (m, k))
-    B = carray(b, (n, k)).T if trans_b == TRANS else carray(b, (k, n))
+    A = carray(a, (k, m) if trans_a == TRANS else (m, k))
+    B = carray(b, (n, k) if trans_b == TRANS else (k, n))
     C = carray(c, (m, n))
-    if beta == 0:
-        np.dot(A, B, C)
-        if alpha != 1:
-            C *= alpha
+    before = C.copy() if beta != 0 else C
+    if trans_a == TRANS and trans_b == TRANS:  # one call per layout, so each np.dot sees contiguous operands
+        np.dot(A.T, B.T, C)
+    elif trans_a == TRANS:
+        np.dot(A.T, B, C)
+    elif trans_b == TRANS:
+        np.dot(A, B.T, C)
     else:
-        C[:] = alpha * np.dot(A, B) + beta * C
+        np.dot(A, B, C)
+    if beta != 0:
+        C[:] = alpha * C + beta * before
+    elif alpha != 1:
+        C *= alpha
 
 
 def fallback_gemm(signature):
