@@ -1001,17 +1001,26 @@ def apply_update(P, G, S1, S2, offsets, regs, opt, hyper, step):
     return True
 
 
-@jit
-def train_step(x, y, mode, blas, P, G, S1, S2, offsets, widths, xT, H, D, rows, tmp, codes, alphas, precision,
-               regs, opt, hyper, step):
-    """One whole training step; returns ``(data_loss, accuracy, finite)``.
-
-    ``blas`` picks ``blas_pass`` (work arrays sample-major, whole batch) over ``columns_pass``.
-    """
-    if blas:
-        loss, acc = blas_pass(x, y, mode, P, G, offsets, widths, H, D, tmp, codes, alphas, precision)
-    else:
-        loss, acc = columns_pass(x, y, mode, P, G, offsets, widths, xT, H, D, rows, tmp, codes, alphas, precision)
+@inline
+def update_if_finite(loss, acc, P, G, S1, S2, offsets, regs, opt, hyper, step):
+    """The end of a step: ``(data_loss, accuracy, finite)``, the update applied only if all is finite."""
     if not np.isfinite(loss):
         return loss, acc, False
     return loss, acc, apply_update(P, G, S1, S2, offsets, regs, opt, hyper, step)
+
+
+# Two entry points rather than one with a flag, so that a model compiles only the pass it runs.
+@jit
+def loops_step(x, y, mode, P, G, S1, S2, offsets, widths, xT, H, D, rows, tmp, codes, alphas, precision,
+               regs, opt, hyper, step):
+    """One whole training step on ``columns_pass``; returns ``(data_loss, accuracy, finite)``."""
+    loss, acc = columns_pass(x, y, mode, P, G, offsets, widths, xT, H, D, rows, tmp, codes, alphas, precision)
+    return update_if_finite(loss, acc, P, G, S1, S2, offsets, regs, opt, hyper, step)
+
+
+@jit
+def blas_step(x, y, mode, P, G, S1, S2, offsets, widths, H, D, tmp, codes, alphas, precision,
+              regs, opt, hyper, step):
+    """One whole training step on ``blas_pass``; returns ``(data_loss, accuracy, finite)``."""
+    loss, acc = blas_pass(x, y, mode, P, G, offsets, widths, H, D, tmp, codes, alphas, precision)
+    return update_if_finite(loss, acc, P, G, S1, S2, offsets, regs, opt, hyper, step)

@@ -3,11 +3,12 @@
 ``compile_step(model)`` runs models that ``step_plan`` admits (Dense layers
 with ReLU, LeakyReLU, Sigmoid, Tanh or Linear between them, ending in Softmax
 with categorical cross-entropy or Linear with MSE, trained with SGD or Adam);
-for any other it returns None and the trainer uses the per-layer path. The step (``numba_kernels.train_step``) does forward, loss,
-backward, regularization gradient, the finiteness check and the optimizer
-update. Small networks run blocks of samples through every layer with loop
-products on feature-major buffers (every inner loop runs over samples, so it
-vectorizes at any layer width); larger ones run a layer at a time on BLAS.
+for any other it returns None and the trainer uses the per-layer path. The step
+does forward, loss, backward, regularization gradient, the finiteness check
+and the optimizer update. Small networks run ``numba_kernels.loops_step``:
+blocks of samples through every layer with loop products on feature-major
+buffers (every inner loop runs over samples, so it vectorizes at any layer
+width); larger ones run ``blas_step``, a layer at a time on BLAS.
 """
 from __future__ import annotations
 
@@ -116,10 +117,12 @@ class CompiledStep:
         metric = model.metric
         precision = float(getattr(metric, "precision", None) or 0.0)
         self.hyper[:] = _hyper(opt, self.opt_code)
-        loss, acc, finite = K.train_step(
-            x, y, self.mode, self.blas, self.P, self.G, self.S1, self.S2, self.offsets, self.widths, self.xT,
-            self.H, self.D, self.rows, self.tmp, self.codes, self.alphas, precision, self.regs, self.opt_code,
-            self.hyper, opt.iterations + 1)
+        head = (x, y, self.mode, self.P, self.G, self.S1, self.S2, self.offsets, self.widths)
+        tail = (self.codes, self.alphas, precision, self.regs, self.opt_code, self.hyper, opt.iterations + 1)
+        if self.blas:
+            loss, acc, finite = K.blas_step(*head, self.H, self.D, self.tmp, *tail)
+        else:
+            loss, acc, finite = K.loops_step(*head, self.xT, self.H, self.D, self.rows, self.tmp, *tail)
         t = self.dtype.type
         return t(loss), (None if metric is None else np.float64(acc)), bool(finite)
 
@@ -132,10 +135,10 @@ def warm_step(dtype):
     P = r.standard_normal(40).astype(dtype)
     ints = np.zeros(2, np.int64)
     x = r.standard_normal((4, 4)).astype(dtype)
+    tail = (ints, ints * 0.0, 0.1, np.zeros((4, 2)), K.ADAM, np.array([1e-9, 0.9, 0.999, 1e-7]), 1)
     for mode, y in ((K.SOFTMAX_CCE, np.array([0, 1, 2, 3])), (K.LINEAR_MSE, x.copy())):
-        for blas in (True, False):
-            size = 4 if blas else K.PAD_COLS
-            K.train_step(x, y, mode, blas, P.copy(), P.copy(), P.copy(), P.copy(), offsets, widths,
-                         np.empty((4, size), dtype), np.empty(8 * size, dtype), np.empty(8 * size, dtype),
-                         np.empty((size, 4), dtype), np.empty(size, dtype), ints, ints * 0.0, 0.1,
-                         np.zeros((4, 2)), K.ADAM, np.array([1e-9, 0.9, 0.999, 1e-7]), 1)
+        head = (x, y, mode, P.copy(), P.copy(), P.copy(), P.copy(), offsets, widths)
+        K.blas_step(*head, np.empty(32, dtype), np.empty(32, dtype), np.empty(4, dtype), *tail)
+        size = K.PAD_COLS
+        K.loops_step(*head, np.empty((4, size), dtype), np.empty(8 * size, dtype), np.empty(8 * size, dtype),
+                     np.empty((size, 4), dtype), np.empty(size, dtype), *tail)
