@@ -3,9 +3,9 @@
 Each kernel of the table is one of this class's own methods calling its own
 compiled code in ``numba_kernels`` (nothing is forwarded to the NumPy
 backend); matrix products call BLAS from the compiled code (NumPy's own
-OpenBLAS where it can be found, see ``numba_blas``). Compiled code is cached on disk where Numba puts its cache
-(``NUMBA_CACHE_DIR`` when set). ``compile_step`` builds the fused training
-step of ``numba_step``.
+OpenBLAS where it can be found, see ``numba_blas``). Compiled code is cached
+on disk where Numba puts its cache (``NUMBA_CACHE_DIR`` when set).
+``compile_step`` builds the fused training step of ``numba_step``.
 """
 from __future__ import annotations
 

@@ -26,6 +26,7 @@ ROW_MAJOR, NO_TRANS, TRANS = 101, 111, 112
 NUMPY_LIBRARIES = ("../numpy.libs/libscipy_openblas64_*", ".dylibs/libscipy_openblas64_*")
 NUMPY_SYMBOLS = {"float32": "scipy_cblas_sgemm64_", "float64": "scipy_cblas_dgemm64_"}
 
+
 def _numpy_gemm_addresses():
     """``{dtype name: address}`` of NumPy's bundled gemm functions, or None where there are none."""
     root = os.path.dirname(np.__file__)

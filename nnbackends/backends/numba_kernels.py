@@ -155,7 +155,7 @@ def exp64(x):  # the float64 implementation of exp_vectorizable
 
 
 def tanh_vectorizable(x):
-    """``np.tanh(x)``; for float32 without a library call, so that a loop of it vectorizes.
+    """``np.tanh(x)`` for float32 and float64 without a library call.
 
     Above 0.625 in magnitude ``1 - 2 / (exp(2|x|) + 1)`` with ``exp_vectorizable``
     (±1 once the exp overflows), below it Cephes' ``tanhf`` polynomial (float32) or
@@ -165,25 +165,26 @@ def tanh_vectorizable(x):
 
 @overload(tanh_vectorizable, jit_options=MATH_OPTIONS)
 def _tanh_vectorizable(x):
+    if x == types.float32:
+        return tanh32
     if x == types.float64:
         return tanh64
-    if x != types.float32:
-        return lambda x: np.tanh(x)
+    return lambda x: np.tanh(x)
 
-    def tanh32(x):
-        t = np.float32
-        ax = abs(x)
-        big = t(1.0) - t(2.0) / (exp_vectorizable(t(2.0) * ax) + t(1.0))
-        if x < 0:
-            big = -big
-        z = x * x
-        p = t(-5.70498872745e-3) * z + t(2.06390887954e-2)
-        p = p * z - t(5.37397155531e-2)
-        p = p * z + t(1.33314422036e-1)
-        p = p * z - t(3.33332819422e-1)
-        small = p * z * x + x
-        return small if ax < t(0.625) else big
-    return tanh32
+
+def tanh32(x):  # the float32 implementation of tanh_vectorizable
+    t = np.float32
+    ax = abs(x)
+    big = t(1.0) - t(2.0) / (exp_vectorizable(t(2.0) * ax) + t(1.0))
+    if x < 0:
+        big = -big
+    z = x * x
+    p = t(-5.70498872745e-3) * z + t(2.06390887954e-2)
+    p = p * z - t(5.37397155531e-2)
+    p = p * z + t(1.33314422036e-1)
+    p = p * z - t(3.33332819422e-1)
+    small = p * z * x + x
+    return small if ax < t(0.625) else big
 
 
 def tanh64(x):  # the float64 implementation of tanh_vectorizable

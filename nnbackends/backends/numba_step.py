@@ -102,9 +102,10 @@ class CompiledStep:
         if size > self.capacity:
             work = int(self.widths[1:].sum()) * size
             self.H, self.D = np.empty(work, self.dtype), np.empty(work, self.dtype)
-            self.xT = np.empty((self.widths[0], size), self.dtype)
-            self.rows = np.empty((size, self.widths[-1]), self.dtype)
             self.tmp = np.empty(size, self.dtype)
+            if not self.blas:  # the loop pass's transposed input block and sample-major output rows
+                self.xT = np.empty((self.widths[0], size), self.dtype)
+                self.rows = np.empty((size, self.widths[-1]), self.dtype)
             self.capacity = size
 
     def __call__(self, x, y):
