@@ -58,6 +58,9 @@ class RegressionAccuracy(Metric):
             self.precision = float(np.std(y_host)) / 250 or 1e-7
 
     def __call__(self, p, y):
+        if self.precision is None:
+            raise RuntimeError("RegressionAccuracy has no precision yet: pass precision=... or call "
+                               "adapt(y_train) first (fit and evaluate do).")
         return self.backend.regression_accuracy(p, y, self.precision)
 
     def config(self):

@@ -108,6 +108,8 @@ CASES = {
                           ["Unknown optimizer 'lbfgs'", "sgd, adagrad, rmsprop, adam"]),
     "metric unknown": (lambda: bare().compile(metrics="f1"), ValueError, ["Unknown metric 'f1'", "accuracy"]),
     "metrics two": (lambda: bare().compile(metrics=["accuracy", "accuracy"]), ValueError, ["at most one metric"]),
+    "regression accuracy before adapt": (lambda: nb.metrics.RegressionAccuracy()(np.zeros(3), np.zeros(3)),
+                                         RuntimeError, ["no precision yet", "precision=", "adapt(y_train)"]),
     "backend unknown": (lambda: nb.Model(backend="tpu"), ValueError,
                         ["Unknown backend 'tpu'", "auto, numpy"]),
     "backend not a name": (lambda: nb.Model(backend=3), TypeError, ["backend must be a backend name", "3 (int)"]),
