@@ -21,9 +21,8 @@ TORCH = "torch"
 #: PyTorch eager peers and the torch device each runs on.
 PEERS = {TORCH: "cpu", "torch-cuda": "cuda"}
 TORCH_INSTALL = 'pip install "nnbackends[peers]"'
-#: The PyTorch module of each hidden activation a workload may use.
-TORCH_ACTIVATIONS = {"relu": lambda torch: torch.nn.ReLU(), "tanh": lambda torch: torch.nn.Tanh(),
-                     "sigmoid": lambda torch: torch.nn.Sigmoid()}
+#: The ``torch.nn`` module of each hidden activation a workload may use.
+TORCH_ACTIVATIONS = {"relu": "ReLU", "tanh": "Tanh", "sigmoid": "Sigmoid"}
 
 
 @dataclass(frozen=True)
@@ -199,7 +198,7 @@ class TorchTrainCase(TrainCase):
             with torch.no_grad():
                 linear.weight.copy_(torch.from_numpy(weights[i].T.copy()))
                 linear.bias.copy_(torch.from_numpy(weights[i + 1]))
-            modules += [linear, TORCH_ACTIVATIONS[self.w.hidden](torch)]
+            modules += [linear, getattr(torch.nn, TORCH_ACTIVATIONS[self.w.hidden])()]
         self.net = torch.nn.Sequential(*modules[:-1]).to(self.device, getattr(torch, self.dtype))
         args = dict(self.w.optimizer_args)
         self.lr, self.decay = args.pop("learning_rate"), args.pop("decay", 0.0)
