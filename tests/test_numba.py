@@ -22,6 +22,7 @@ from nnbackends import Model, TrainingDivergedError, datasets
 from nnbackends.backends import KERNELS, get_backend, unavailable_reason
 from nnbackends.layers import Dense, Dropout, ReLU, Softmax
 from nnbackends.optimizers import Adam
+from test_equivalence import CURVE, ONE_STEP, assert_weights_close, momentum_model, regression_model, sine, spiral
 
 pytestmark = pytest.mark.skipif(unavailable_reason("numba") is not None, reason=str(unavailable_reason("numba")))
 
@@ -42,6 +43,15 @@ def spiral_model(dtype="float32", seed=0, dropout=False):
         model.add(Dropout(0.1))
     model.add(Dense(64, 3)).add(Softmax())
     return model.compile(loss="categorical_crossentropy", optimizer=Adam(learning_rate=0.05, decay=5e-7))
+
+
+@pytest.fixture(params=[False, True], ids=["loops", "blas"])
+def on_blas(request, monkeypatch):
+    """Every compiled step made during the test runs the loop pass (False) or the BLAS pass (True)."""
+    from nnbackends.backends import numba_step
+
+    monkeypatch.setattr(numba_step, "runs_on_blas", lambda widths, batch: request.param)
+    return request.param
 
 
 class Forbidden:
@@ -217,8 +227,55 @@ def test_dropout_falls_back_to_the_per_layer_path():
         model.fit(X, y, epochs=1, verbose=0, compiled=True)
 
 
+@pytest.mark.parametrize("build, data", [(momentum_model, spiral), (regression_model, sine)],
+                         ids=["softmax-cce", "linear-mse"])
+def test_each_pass_trains_like_the_reference(on_blas, dtype, build, data):
+    """Both passes of the compiled step, with either output, against the NumPy per-layer path.
+
+    The generic equivalence suite reaches each pass only through the models it picks.
+    """
+    steps, rtol = 10, CURVE[dtype][1]
+    runs = []
+    for backend, compiled in (("numba", True), ("numpy", False)):
+        model = build(backend, dtype)
+        history = model.fit(*data(), epochs=steps, verbose=0, compiled=compiled)
+        runs.append((history, model.get_weights()))
+    (got, got_w), (want, want_w) = runs
+    np.testing.assert_allclose(got["loss"], want["loss"], rtol=rtol, atol=1e-12)
+    assert_weights_close(got_w, want_w, 10 * ONE_STEP[dtype], f"weights after {steps} steps")
+    assert got.steps == steps
+
+
+@pytest.mark.parametrize("widths, batch, blas", [
+    ((2, 64, 3), 300, False),  # the spiral: thin layers, loops
+    ((2, 1024, 3), 300, False),
+    ((2, 64, 3), 32, True),  # a batch smaller than a loop block
+    ((64, 128, 10), 300, True),  # digits-shaped
+    ((784, 256, 256, 10), 128, True),
+])
+def test_the_step_picks_its_pass_by_shape_and_batch(widths, batch, blas):
+    from nnbackends.backends.numba_step import runs_on_blas
+
+    assert runs_on_blas(widths, batch) is blas
+
+
+def test_the_pass_chosen_on_the_first_batch_is_kept(monkeypatch):
+    """A short last batch does not switch passes (a switch would compile the other one mid-epoch)."""
+    from nnbackends.backends import numba_kernels
+
+    calls = []
+    for name in ("loops_step", "blas_step"):
+        def counted(*args, _step=getattr(numba_kernels, name), _name=name):
+            calls.append(_name)
+            return _step(*args)
+        monkeypatch.setattr(numba_kernels, name, counted)
+    X, y = datasets.spiral_data(100, 3)
+    spiral_model().fit(X, y, epochs=1, batch_size=128, shuffle=False, verbose=0)  # batches of 128, 128 and 44
+    assert calls == ["loops_step"] * 3
+
+
 @pytest.mark.parametrize("bad", [np.nan, np.inf])
-def test_compiled_step_changes_nothing_when_not_finite(bad):
+def test_compiled_step_changes_nothing_when_not_finite(bad, on_blas):
     X, y = datasets.spiral_data(20, 3)
     model = spiral_model()
     model.fit(X, y, epochs=2, verbose=0)
@@ -235,7 +292,7 @@ def test_compiled_step_changes_nothing_when_not_finite(bad):
             np.testing.assert_array_equal(p.state[k], v)
 
 
-def test_divergence_is_reported_from_the_compiled_step():
+def test_divergence_is_reported_from_the_compiled_step(on_blas):
     X, y = datasets.spiral_data(20, 3)
     model = spiral_model()
     model.layers[2].W.value[0, 0] = np.inf
