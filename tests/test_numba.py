@@ -21,7 +21,7 @@ import pytest
 from nnbackends import Model, TrainingDivergedError, datasets
 from nnbackends.backends import KERNELS, get_backend, unavailable_reason
 from nnbackends.layers import Dense, Dropout, ReLU, Softmax
-from nnbackends.optimizers import Adam
+from nnbackends.optimizers import SGD, Adagrad, Adam, RMSprop
 from test_equivalence import CURVE, ONE_STEP, assert_weights_close, momentum_model, regression_model, sine, spiral
 
 pytestmark = pytest.mark.skipif(unavailable_reason("numba") is not None, reason=str(unavailable_reason("numba")))
@@ -227,12 +227,25 @@ def test_dropout_falls_back_to_the_per_layer_path():
         model.fit(X, y, epochs=1, verbose=0, compiled=True)
 
 
-@pytest.mark.parametrize("build, data", [(momentum_model, spiral), (regression_model, sine)],
-                         ids=["softmax-cce", "linear-mse"])
-def test_each_pass_trains_like_the_reference(on_blas, dtype, build, data):
-    """Both passes of the compiled step, with either output, against the NumPy per-layer path.
+def regularized_spiral_model(optimizer):
+    """A builder of a spiral model with L2 on its first layer, trained by ``optimizer()``."""
+    def build(backend, dtype):
+        model = Model(backend=backend, seed=0, dtype=dtype)
+        model.add(Dense(2, 32, weight_regularizer_l2=5e-4)).add(ReLU()).add(Dense(32, 3)).add(Softmax())
+        return model.compile(loss="categorical_crossentropy", optimizer=optimizer())
+    return build
 
-    The generic equivalence suite reaches each pass only through the models it picks.
+
+@pytest.mark.parametrize("build, data", [
+    (momentum_model, spiral), (regression_model, sine),
+    (regularized_spiral_model(lambda: Adagrad(learning_rate=0.5)), spiral),
+    (regularized_spiral_model(lambda: RMSprop(learning_rate=0.01, rho=0.95)), spiral),
+    (regularized_spiral_model(lambda: SGD(learning_rate=0.5, decay=1e-3)), spiral),
+], ids=["sgd-momentum-cce", "adam-mse", "adagrad", "rmsprop", "sgd"])
+def test_each_pass_trains_like_the_reference(on_blas, dtype, build, data):
+    """Both passes of the compiled step, with either output and every optimizer, against the
+    NumPy per-layer path. The generic equivalence suite reaches each pass only through the
+    models it picks.
     """
     steps, rtol = 10, CURVE[dtype][1]
     runs = []

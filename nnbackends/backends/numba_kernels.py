@@ -43,7 +43,7 @@ LINEAR, RELU, LEAKY_RELU, SIGMOID, TANH = 0, 1, 2, 3, 4
 #: Output codes of the compiled step.
 SOFTMAX_CCE, LINEAR_MSE = 0, 1
 #: Optimizer codes of the compiled step.
-SGD, SGD_MOMENTUM, ADAM = 0, 1, 2
+SGD, SGD_MOMENTUM, ADAGRAD, RMSPROP, ADAM = 0, 1, 2, 3, 4
 #: Probability clipping of the cross-entropy losses. A copy of ``base.CLIP``, not an
 #: import: a cached kernel would keep an old imported value (a test keeps them equal).
 CLIP = 1e-7
@@ -983,7 +983,9 @@ def apply_update(P, G, S1, S2, offsets, regs, opt, hyper, step):
     """Regularization gradient, finiteness check and optimizer update of the flat parameters ``P``.
 
     ``regs`` holds (l1, l2) per parameter (the segments of ``offsets``); ``S1``/``S2``
-    the optimizer's state. Returns False (and changes nothing) when a gradient is not finite.
+    the optimizer's state; ``hyper`` the learning rate, then the optimizer's own
+    hyperparameters in the order of its update kernel. Returns False (and changes
+    nothing) when a gradient is not finite.
     """
     for i in range(regs.shape[0]):
         l1, l2 = regs[i, 0], regs[i, 1]
@@ -997,6 +999,10 @@ def apply_update(P, G, S1, S2, offsets, regs, opt, hyper, step):
         sgd_update(P, G, lr)
     elif opt == SGD_MOMENTUM:
         sgd_momentum_update(P, G, S1, lr, hyper[1])
+    elif opt == ADAGRAD:
+        adagrad_update(P, G, S1, lr, hyper[1])
+    elif opt == RMSPROP:
+        rmsprop_update(P, G, S1, lr, hyper[1], hyper[2])
     else:
         adam_update(P, G, S1, S2, lr, hyper[1], hyper[2], hyper[3], step)
     return True

@@ -2,7 +2,8 @@
 
 ``compile_step(model)`` runs models that ``step_plan`` admits (Dense layers
 with ReLU, LeakyReLU, Sigmoid, Tanh or Linear between them, ending in Softmax
-with categorical cross-entropy or Linear with MSE, trained with SGD or Adam);
+with categorical cross-entropy or Linear with MSE, trained with SGD, AdaGrad,
+RMSprop or Adam);
 for any other it returns None and the trainer uses the per-layer path. The step
 does forward, loss, backward, regularization gradient, the finiteness check
 and the optimizer update. Thin networks run ``numba_kernels.loops_step``:
@@ -40,30 +41,29 @@ def runs_on_blas(widths, batch) -> bool:
     return bool(batch < K.PAD_COLS or narrow > THIN_SIDES)
 
 
+#: The optimizers the step runs: name -> (step code, the attributes that follow the learning
+#: rate in ``hyper``, in the order of the optimizer's update kernel). SGD without momentum is ``K.SGD``.
+STEP_OPTIMIZERS = {"sgd": (K.SGD_MOMENTUM, ("momentum",)), "adagrad": (K.ADAGRAD, ("epsilon",)),
+                   "rmsprop": (K.RMSPROP, ("rho", "epsilon")), "adam": (K.ADAM, ("beta_1", "beta_2", "epsilon"))}
+
+
 def _optimizer(opt):
-    """``(code, state names)`` of a qualifying optimizer (``step_plan`` admits SGD and Adam)."""
-    if opt.name == "adam":
-        return K.ADAM, ("m", "v")
-    return (K.SGD_MOMENTUM, ("velocity",)) if opt.momentum else (K.SGD, ())
-
-
-def _hyper(opt, code):
-    """The optimizer's hyperparameters as the step reads them, taken at each call."""
-    if code == K.ADAM:
-        return (opt.current_learning_rate, opt.beta_1, opt.beta_2, opt.epsilon)
-    return (opt.current_learning_rate, opt.momentum, 0.0, 0.0)
+    """``(code, hyperparameter names)`` of a qualifying optimizer."""
+    if opt.name == "sgd" and not opt.momentum:
+        return K.SGD, ()
+    return STEP_OPTIMIZERS[opt.name]
 
 
 def compile_step(model):
     """A ``step(x, y) -> (data_loss, accuracy, finite)`` for ``model``, or None if it does not qualify."""
-    plan = step_plan(model)
+    plan = step_plan(model, optimizers=tuple(STEP_OPTIMIZERS))
     if plan is None:
         return None
     dense = [stage.dense for stage in plan]
     acts = [ACTIVATION_CODES[stage.activation] for stage in plan]
     alphas = [stage.alpha for stage in plan]
     mode = K.SOFTMAX_CCE if plan[-1].activation == "softmax" else K.LINEAR_MSE
-    return CompiledStep(model, dense, acts, alphas, mode, *_optimizer(model.optimizer))
+    return CompiledStep(model, dense, acts, alphas, mode, *_optimizer(model.optimizer), model.optimizer.state_names)
 
 
 def _gather(arrays, dtype):
@@ -82,9 +82,9 @@ class CompiledStep:
     them in place), so the step takes a few arrays and updates them in one loop.
     """
 
-    def __init__(self, model, dense, acts, alphas, mode, opt_code, state_names):
+    def __init__(self, model, dense, acts, alphas, mode, opt_code, hyper_names, state_names):
         self.model = model
-        self.mode, self.opt_code = mode, opt_code
+        self.mode, self.opt_code, self.hyper_names = mode, opt_code, hyper_names
         dtype = self.dtype = np.dtype(model.dtype)
         params = [p for d in dense for p in (d.W, d.b)]
         self.offsets = np.cumsum([0] + [p.value.size for p in params]).astype(np.int64)
@@ -133,7 +133,8 @@ class CompiledStep:
             x = np.ascontiguousarray(x)
         metric = model.metric
         precision = float(getattr(metric, "precision", None) or 0.0)
-        self.hyper[:] = _hyper(opt, self.opt_code)
+        names = self.hyper_names
+        self.hyper[:len(names) + 1] = [opt.current_learning_rate, *(getattr(opt, name) for name in names)]
         head = (x, y, self.mode, self.P, self.G, self.S1, self.S2, self.offsets, self.widths)
         tail = (self.codes, self.alphas, precision, self.regs, self.opt_code, self.hyper, opt.iterations + 1)
         if self.blas:

@@ -6,8 +6,9 @@ the loss, optimizer and metric carry their ``name`` or ``kernel``.
 
 A model qualifies when it is Dense layers, each followed by at most one of
 ReLU, LeakyReLU, Sigmoid, Tanh or Linear, ending in Softmax with categorical
-cross-entropy or in Linear (or no activation) with MSE; trains with SGD (with
-or without momentum) or Adam; and reports no metric or the loss's accuracy.
+cross-entropy or in Linear (or no activation) with MSE; trains with one of the
+optimizers the backend's step runs (every one runs SGD, with or without
+momentum, and Adam); and reports no metric or the loss's accuracy.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from typing import NamedTuple
 HIDDEN_ACTIVATIONS = ("linear", "relu", "leaky_relu", "sigmoid", "tanh")
 #: loss name -> (output activation, the accuracy kernel it reports)
 OUTPUTS = {"categorical_crossentropy": ("softmax", "categorical_accuracy"), "mse": ("linear", "regression_accuracy")}
+#: The optimizers every compiled step runs.
 OPTIMIZERS = ("sgd", "adam")
 
 
@@ -28,10 +30,10 @@ class Stage(NamedTuple):
     alpha: float  # LeakyReLU's slope, 0 otherwise
 
 
-def step_plan(model) -> list[Stage] | None:
-    """The model as a list of ``Stage``, or None when it does not qualify."""
+def step_plan(model, optimizers=OPTIMIZERS) -> list[Stage] | None:
+    """The model as a list of ``Stage``, or None when it does not qualify (``optimizers``: the names the step runs)."""
     loss, optimizer, metric = model.loss, model.optimizer, model.metric
-    if loss is None or loss.name not in OUTPUTS or getattr(optimizer, "name", None) not in OPTIMIZERS:
+    if loss is None or loss.name not in OUTPUTS or getattr(optimizer, "name", None) not in optimizers:
         return None
     output, accuracy = OUTPUTS[loss.name]
     if metric is not None and getattr(metric, "kernel", None) != accuracy:
