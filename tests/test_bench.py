@@ -183,3 +183,22 @@ def test_threads_limit_blas_during_the_run_only():
     assert blas_threads() == before
     report = bench.run(bench.Plan(backends=["numpy"], workloads=["relu"], smoke=True, threads=1))
     assert report["plan"]["threads"] == 1 and "--threads 1" in report["plan"]["command"]
+
+
+def test_cases_on_one_thread_pool_take_rounds_in_turn_and_other_pools_run_apart():
+    from nnbackends.bench.runner import measure
+
+    log = []
+
+    class Fake:
+        def __init__(self, name, pool):
+            self.name, self.pool = name, pool
+
+        def timed_run(self, number):
+            log.append(self.name)
+            return number, 0.001 * number
+
+    cases = [Fake("numba", "blas"), Fake("numpy", "blas"), Fake("torch", "torch")]
+    times = measure(cases, repeats=3, min_round_s=0.0)  # no calibration calls: one call per round
+    assert log == ["numba", "numpy"] * 3 + ["torch"] * 3
+    assert all(times[id(c)] == [0.001] * 3 for c in cases)

@@ -3,12 +3,13 @@
 A *case* is one piece of work (a training workload or a kernel at a size) on
 one backend (or on a PyTorch eager peer, ``"torch"`` or ``"torch-cuda"``). Cases of the same work are
 set up first (``backend.warmup()``, then a first untimed call, both timed and
-reported apart), then timed backend after backend, each in consecutive rounds.
-Backends are not interleaved round by round: NumPy's OpenBLAS (Numba's too) and
-PyTorch's OpenMP keep separate thread pools that spin for a while after each
-call, and alternating them on a small machine made each slow down the next
-(a Numba round after a PyTorch one ran up to 8 times slower here). Each figure
-is the median over rounds of the time per step (training) or per call (kernels).
+reported apart), then timed in rounds. Backends on one thread pool (NumPy and
+Numba share OpenBLAS's) take their rounds in turn, so that a shared machine's
+drift weighs on each alike; PyTorch, whose OpenMP threads spin for a while
+after each call, runs its rounds in a block of its own (alternating the two
+pools made each slow the other, a Numba round after a PyTorch one up to 8
+times). Each figure is the median over rounds of the time per step (training)
+or per call (kernels).
 
 FLOPs: matrix products count exactly (2·n·i·o each, plus the bias additions);
 elementwise work counts a nominal number of operations per element

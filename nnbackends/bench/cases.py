@@ -92,6 +92,7 @@ class Case:
     samples_per_call: int | None = None
     cost = Cost()
     first_call_s = 0.0
+    pool = "blas"  # the thread pool the work runs on: OpenBLAS's, shared by NumPy and Numba
 
     def setup(self):
         """Warm up: the backend's ``warmup()`` and a first call (timed apart, never in the figures)."""
@@ -180,6 +181,7 @@ class TorchTrainCase(TrainCase):
     """PyTorch eager on the same network, initial weights, data, batches and optimizer."""
 
     timed_run = Case.timed_run  # its loop is all of run()
+    pool = "torch"
 
     def _warmup(self):
         import torch

@@ -105,18 +105,24 @@ def calibrate(case, min_round_s) -> int:
 
 
 def measure(cases, repeats, min_round_s) -> dict:
-    """Per case the per-call times of ``repeats`` consecutive rounds, one case after another.
+    """Per case the per-call times of ``repeats`` rounds.
 
-    Calibrating a case first also lets the previous case's spinning threads go idle.
+    Cases whose work runs on one thread pool (``Case.pool``: NumPy and Numba share
+    OpenBLAS's) take their rounds in turn, round k of each, then round k+1: a
+    shared machine's speed drifts for seconds at a time, and taking turns lets
+    that drift weigh on each of them alike, so the ratios between them hold.
+    Cases on another pool run in a block of their own after a calibration, which
+    also lets the previous pool's spinning threads go idle (taking turns across
+    pools made each slow the other).
     """
-    times = {}
-    for c in cases:
-        number = calibrate(c, min_round_s)
-        rounds = []
+    times = {id(c): [] for c in cases}
+    for pool in dict.fromkeys(c.pool for c in cases):
+        group = [c for c in cases if c.pool == pool]
+        numbers = [calibrate(c, min_round_s) for c in group]
         for _ in range(repeats):
-            done, seconds = c.timed_run(number)
-            rounds.append(seconds / done)
-        times[id(c)] = rounds
+            for c, number in zip(group, numbers):
+                done, seconds = c.timed_run(number)
+                times[id(c)].append(seconds / done)
     return times
 
 
