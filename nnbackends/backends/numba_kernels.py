@@ -114,13 +114,15 @@ def exp_vectorizable(x):
     """
 
 
-@overload(exp_vectorizable, jit_options=MATH_OPTIONS)
-def _exp_vectorizable(x):
-    if x == types.float32:
-        return exp32
-    if x == types.float64:
-        return exp64
-    return lambda x: np.exp(x)
+def by_float_type(function, float32_impl, float64_impl, other):
+    """Give the stub ``function`` its compiled implementations: one per float type, ``other`` for the rest."""
+    @overload(function, jit_options=MATH_OPTIONS)
+    def typed(x):
+        if x == types.float32:
+            return float32_impl
+        if x == types.float64:
+            return float64_impl
+        return lambda x: other(x)
 
 
 def exp32(x):  # the float32 implementation of exp_vectorizable
@@ -154,6 +156,9 @@ def exp64(x):  # the float64 implementation of exp_vectorizable
     return x if x != x else y
 
 
+by_float_type(exp_vectorizable, exp32, exp64, np.exp)
+
+
 def tanh_vectorizable(x):
     """``np.tanh(x)`` for float32 and float64 without a library call.
 
@@ -161,15 +166,6 @@ def tanh_vectorizable(x):
     (±1 once the exp overflows), below it Cephes' ``tanhf`` polynomial (float32) or
     ``tanh`` rational function (float64); NaN for NaN. Other types call ``np.tanh``.
     """
-
-
-@overload(tanh_vectorizable, jit_options=MATH_OPTIONS)
-def _tanh_vectorizable(x):
-    if x == types.float32:
-        return tanh32
-    if x == types.float64:
-        return tanh64
-    return lambda x: np.tanh(x)
 
 
 def tanh32(x):  # the float32 implementation of tanh_vectorizable
@@ -197,6 +193,9 @@ def tanh64(x):  # the float64 implementation of tanh_vectorizable
     q = ((z + 1.12811678491632931402e2) * z + 2.23548839060100448583e3) * z + 4.84406305325125486048e3
     small = x + x * z * p / q
     return small if ax < 0.625 else big
+
+
+by_float_type(tanh_vectorizable, tanh32, tanh64, np.tanh)
 
 
 @jit
