@@ -4,7 +4,7 @@ import pytest
 from nnbackends import bench
 
 
-@pytest.mark.parametrize("kernel", bench.KERNEL_NAMES)
+@pytest.mark.parametrize("kernel", bench.BENCH_KERNELS)
 def test_kernel(run_case, kernel, kernel_size, bench_backend):
     case = bench.KernelCase(kernel, kernel_size, bench_backend, "float32")
     done = run_case(case)

@@ -11,7 +11,7 @@ import sys
 
 import numpy as np
 
-from . import bench, data_files, datasets, io
+from . import bench, data_files, datasets, model_files
 from .backends import ENV_VAR
 from .errors import BackendUnavailableError, ModelFileError, TrainingDivergedError
 from .layers import ACTIVATIONS, Dense, Dropout, Linear, Softmax, activation
@@ -29,7 +29,7 @@ PRESETS = {
                  validation_split=0.1),
 }
 PRESET_KEYS = ("hidden", "optimizer", "learning_rate", "decay", "epochs", "batch_size", "validation_split")
-HIDDEN_ACTIVATIONS = tuple(a for a in ACTIVATIONS if a not in ("softmax", "linear"))
+ACTIVATION_CHOICES = tuple(a for a in ACTIVATIONS if a not in ("softmax", "linear"))
 
 
 class UsageError(ValueError):
@@ -194,7 +194,7 @@ def format_metrics(metrics: dict) -> str:
 # ---------------------------------------------------------------------- commands
 def cmd_train(args) -> int:
     if args.save:
-        io.check_save_folder(args.save)  # fail now, not after a long run
+        model_files.check_save_folder(args.save)  # fail now, not after a long run
     X, y, source = load_data(args)
     preset = PRESETS[source]
     keys = PRESET_KEYS
@@ -311,7 +311,7 @@ def add_train_parser(sub):
     net = p.add_argument_group("network")
     net.add_argument("--hidden", default=None, help=f"hidden layer sizes, comma-separated, 0 for none "
                                                      f"(presets: {preset('hidden')})")
-    net.add_argument("--activation", default="relu", choices=HIDDEN_ACTIVATIONS,
+    net.add_argument("--activation", default="relu", choices=ACTIVATION_CHOICES,
                      help="activation after each hidden layer (default: relu)")
     net.add_argument("--task", default="auto", choices=("auto", "classification", "regression"),
                      help="classification (softmax + cross-entropy) or regression (linear + MSE); auto: "

@@ -1,62 +1,33 @@
 """Model: a stack of layers, a loss, an optimizer and the shared trainer.
 
-The trainer is backend-blind. Data moves to the backend once per ``fit``;
-each step runs either the backend's compiled step (``Backend.compile_step``)
-or the per-layer path below, and both give the same numbers. Losses and
-accuracies stay on the device until an epoch is reported.
+The trainer (``trainer.Trainer``) is backend-blind. Data moves to the backend
+once per ``fit``; each step runs either the backend's fused step
+(``Backend.fused_step``) or the per-layer path below, and both give the same
+numbers. Losses and accuracies stay on the device until an epoch is reported.
 """
 from __future__ import annotations
 
-import contextlib
-import math
-import signal
-import threading
-import time
+import json
+import os
+import warnings
 
 import numpy as np
 
-from . import io
 from .backends import Backend, get_backend
-from .errors import TrainingDivergedError
-from .layers import Dense, Layer, Softmax
+from .errors import ModelFileError
+from .history import History
+from .layers import Dense, Layer, Softmax, from_config
 from .losses import CategoricalCrossentropy, get_loss
-from .metrics import get_metric
-from .optimizers import get_optimizer
+from .metrics import get_metric, metric_from_config
+from .model_files import read_model_file, write_model_file
+from .optimizers import get_optimizer, optimizer_from_config
 from .progress import make_progress
+from .trainer import BatchSource, Trainer
 from .validation import check_choice, check_features, check_positive_int, check_seed, check_targets
 
+__all__ = ["History", "Model", "load_model"]
+
 DTYPES = ("float32", "float64")
-
-
-class History:
-    """Per-epoch metrics: ``history["loss"]``, ``["accuracy"]``, ``["val_loss"]``, ..."""
-
-    def __init__(self):
-        self.history: dict[str, list[float]] = {}
-        self.epochs = 0
-        self.steps = 0  # training steps completed
-        self.seconds = 0.0  # wall-clock time of the training loop
-        self.first_epoch_seconds = None  # includes compiling, where a backend compiles on first use
-        self.interrupted = False
-
-    @property
-    def steps_per_second(self):
-        """Steady-state speed: steps after the first epoch per second after it (None before a second epoch)."""
-        if self.epochs < 2 or self.seconds <= self.first_epoch_seconds:
-            return None
-        return (self.steps - self.steps / self.epochs) / (self.seconds - self.first_epoch_seconds)
-
-    def append(self, logs: dict):
-        for key, value in logs.items():
-            self.history.setdefault(key, []).append(value)
-        self.epochs += 1
-
-    def __getitem__(self, key):
-        return self.history[key]
-
-    def __repr__(self):
-        last = {k: round(v[-1], 6) for k, v in self.history.items()}
-        return f"History(epochs={self.epochs}, last={last})"
 
 
 class Model:
@@ -75,7 +46,7 @@ class Model:
         self.layers: list[Layer] = []
         self.loss = self.optimizer = self.metric = None
         self._n_features = None  # output width of the stack so far
-        self._compiled_step = None
+        self._fused_step = None
 
     # ------------------------------------------------------------------ building
     def add(self, layer: Layer):
@@ -91,7 +62,7 @@ class Model:
             )
         self._n_features = layer.build(self.backend, self.dtype, self.rng, self._n_features)
         self.layers.append(layer)
-        self._compiled_step = None
+        self._fused_step = None
         return self
 
     def _first_dense(self) -> Dense:
@@ -122,7 +93,7 @@ class Model:
         self.loss = get_loss(loss).bind(self.backend)
         self.optimizer = get_optimizer(optimizer).build(self.backend, self.params())
         self.metric = get_metric(metrics[0], self.loss).bind(self.backend) if metrics else None
-        self._compiled_step = None
+        self._fused_step = None
         return self
 
     @property
@@ -171,49 +142,53 @@ class Model:
             self.optimizer.update(p)
         return data_loss, accuracy, True
 
-    def _step_function(self, compiled):
-        if compiled is False:
+    def _step_function(self, fused):
+        if fused is False:
             return self.train_step
-        if self._compiled_step is None:
-            self._compiled_step = self.backend.compile_step(self) or False
-        if self._compiled_step:
-            return self._compiled_step
-        if compiled:
+        if self._fused_step is None:
+            self._fused_step = self.backend.fused_step(self) or False
+        if self._fused_step:
+            return self._fused_step
+        if fused:
             raise ValueError(
-                f"compiled=True, but the {self.backend.name!r} backend has no compiled step for this model; "
-                "use compiled=None to fall back to the per-layer path."
+                f"fused=True, but the {self.backend.name!r} backend has no fused step for this model; "
+                "use fused=None to fall back to the per-layer path."
             )
         return self.train_step
 
     # ------------------------------------------------------------------ data
     def _prepare(self, X, y, x_name="X", y_name="y"):
         """Validate host data and move it to the backend once."""
-        self._require_compiled()
+        self._require_loss()
         X = check_features(x_name, X, self.n_inputs, self.dtype)
         y = check_targets(y_name, y, X.shape[0], x_name, self.dtype)
         y = self.loss.prepare_targets(y, self.n_outputs, self.dtype, y_name)
         return self.backend.asarray(X, self.dtype), self.backend.asarray(y), y
 
-    def _require_compiled(self):
+    def _require_loss(self):
         if self.loss is None:
-            raise RuntimeError("Call model.compile(loss=..., optimizer=...) before fit or evaluate.")
+            raise RuntimeError("Call model.compile(loss=..., optimizer=...) before fit, evaluate or save.")
 
     # ------------------------------------------------------------------ training
     def fit(self, X, y, epochs=1, batch_size=None, shuffle=True, validation_data=None, verbose=1,
-            compiled=None) -> History:
+            fused=None, compiled=None) -> History:
         """Train; returns a History of per-epoch ``loss``, ``accuracy`` and ``val_`` entries.
 
-        ``batch_size=None`` trains on the full batch. ``compiled=None`` uses the
-        backend's compiled step when it has one for this model, ``False`` forces
-        the per-layer path, ``True`` requires the compiled step. A loss or
-        gradient that stops being finite raises ``TrainingDivergedError`` with
-        the weights of the last finite step kept. Ctrl-C stops after the
-        current step and returns the history so far (``history.interrupted``).
+        ``batch_size=None`` trains on the full batch. ``fused=None`` uses the
+        backend's fused step when it has one for this model, ``False`` forces
+        the per-layer path, ``True`` requires the fused step (``compiled`` is
+        its deprecated name). A loss or gradient that stops being finite raises
+        ``TrainingDivergedError`` with the weights of the last finite step kept.
+        Ctrl-C stops after the current step and returns the history so far
+        (``history.interrupted``).
         """
+        if compiled is not None:
+            warnings.warn("fit(compiled=...) is deprecated; use fit(fused=...).", DeprecationWarning, stacklevel=2)
+            fused = compiled if fused is None else fused
         epochs = check_positive_int("epochs", epochs)
         x, y_dev, y_host = self._prepare(X, y)
-        n = x.shape[0]
-        batch_size = n if batch_size is None else min(check_positive_int("batch_size", batch_size), n)
+        if batch_size is not None:
+            batch_size = check_positive_int("batch_size", batch_size)
         val = None
         if validation_data is not None:
             if not (isinstance(validation_data, (tuple, list)) and len(validation_data) == 2):
@@ -221,76 +196,10 @@ class Model:
             val = self._prepare(*validation_data, x_name="X_val", y_name="y_val")[:2]
         if self.metric:
             self.metric.adapt(y_host)
-        step = self._step_function(compiled)
-        steps_per_epoch = math.ceil(n / batch_size)
-        history = History()
-        progress = make_progress(verbose, epochs, steps_per_epoch)
-        opt = self.optimizer
-        regularized = [p for p in self.params() if p.regularized]
-        # A step that overflows raises TrainingDivergedError below; NumPy's warnings would only repeat it.
-        start = time.perf_counter()
-        with _deferred_interrupt() as interrupted, np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-            for epoch in range(1, epochs + 1):
-                order = None
-                if shuffle and steps_per_epoch > 1:
-                    order = self.backend.asarray(self.rng.permutation(n))
-                loss_sum = acc_sum = 0.0
-                reg_sum = 0.0
-                for s in range(steps_per_epoch):
-                    rows = slice(s * batch_size, (s + 1) * batch_size)
-                    if order is not None:  # gather a batch at a time: no shuffled copy of the whole data
-                        rows = order[rows]
-                    xb, yb = x[rows], y_dev[rows]
-                    opt.pre_update()
-                    reg = self.regularization_loss(regularized) if regularized else None  # weights before the step
-                    data_loss, acc, finite = step(xb, yb)
-                    if not finite:
-                        raise self._diverged(epoch, s + 1, history, data_loss)
-                    opt.post_update()
-                    history.steps += 1
-                    weight = xb.shape[0] / n
-                    loss_sum = loss_sum + data_loss * weight
-                    if acc is not None:
-                        acc_sum = acc_sum + acc * weight
-                    if reg is not None:
-                        reg_sum = reg_sum + reg * weight
-                    if interrupted():
-                        break
-                if s + 1 == steps_per_epoch:  # the epoch is complete (Ctrl-C may cut one short)
-                    logs = self._epoch_logs(loss_sum, reg_sum, acc_sum)
-                    if val is not None:
-                        logs.update({"val_" + k: v for k, v in self._evaluate_device(*val).items()})
-                    history.append(logs)
-                    history.seconds = time.perf_counter() - start
-                    if epoch == 1:
-                        history.first_epoch_seconds = history.seconds
-                    progress.epoch_end(epoch, logs)
-                if interrupted():
-                    history.interrupted = True
-                    progress.interrupted(epoch)
-                    break
-        progress.close()
-        return history
-
-    def _epoch_logs(self, loss_sum, reg_sum, acc_sum):
-        def host(v):  # sums stay Python floats when nothing was added to them
-            return v if isinstance(v, float) else self.backend.to_float(v)
-
-        data_loss, reg_loss = host(loss_sum), host(reg_sum)
-        logs = {"loss": data_loss + reg_loss, "data_loss": data_loss, "regularization_loss": reg_loss}
-        if self.metric:
-            logs["accuracy"] = host(acc_sum)
-        return logs
-
-    def _diverged(self, epoch, step, history, data_loss):
-        loss = self.backend.to_float(data_loss)
-        what = "the loss" if not math.isfinite(loss) else "a gradient"
-        return TrainingDivergedError(
-            f"Training diverged at epoch {epoch}, step {step}: {what} became NaN or Inf "
-            f"(loss {loss}). The model keeps the weights of the last finite step; "
-            f"try a lower learning rate (now {self.optimizer.current_learning_rate:g}).",
-            epoch=epoch, step=step, history=history,
-        )
+        step = self._step_function(fused)
+        source = BatchSource(self.backend, x, y_dev, batch_size, shuffle, self.rng)
+        progress = make_progress(verbose, epochs, source.steps_per_epoch)
+        return Trainer(self, step, source, progress, validation=val).run(epochs)
 
     # ------------------------------------------------------------------ inference
     def _evaluate_device(self, x, y):
@@ -358,12 +267,45 @@ class Model:
     # ------------------------------------------------------------------ persistence
     def save(self, path):
         """Write weights and architecture to one ``.safetensors`` file, atomically."""
-        io.save_model(self, path)
+        self._require_loss()
+        tensors = {f"layers.{i}.{p.name}": self.backend.to_numpy(p.value)
+                   for i, layer in enumerate(self.layers) for p in layer.params()}
+        write_model_file(path, tensors, {
+            "dtype": self.dtype,
+            "layers": json.dumps([{"class": type(l).__name__, "config": l.config()} for l in self.layers]),
+            "loss": json.dumps(self.loss.config()),
+            "optimizer": json.dumps(self.optimizer.config()),
+            "metric": json.dumps(self.metric.config() if self.metric else None),
+        })
 
 
-def load_model(path, backend=None):
+def load_model(path, backend=None) -> Model:
     """Rebuild a model saved with ``Model.save`` on any backend; never executes file contents."""
-    return io.load_model(path, backend)
+    tensors, meta = read_model_file(path)
+    where = repr(os.fspath(path))
+    try:
+        model = Model(backend=backend, dtype=meta["dtype"])
+        for spec in json.loads(meta["layers"]):
+            model.add(from_config(spec["class"], spec["config"]))
+        metric = json.loads(meta["metric"])
+        model.compile(loss=json.loads(meta["loss"])["name"],
+                      optimizer=optimizer_from_config(json.loads(meta["optimizer"])),
+                      metrics=[metric_from_config(metric)] if metric else [])
+    except (KeyError, TypeError, ValueError) as exc:
+        detail = f"missing key {exc}" if isinstance(exc, KeyError) else str(exc)
+        raise ModelFileError(f"{where} has invalid model metadata: {detail}") from None
+    expected = {f"layers.{i}.{p.name}": p for i, layer in enumerate(model.layers) for p in layer.params()}
+    missing = sorted(set(expected) - set(tensors))
+    extra = sorted(set(tensors) - set(expected))
+    if missing or extra:
+        raise ModelFileError(f"{where} does not match its architecture: "
+                             f"missing tensors {missing}, unexpected tensors {extra}.")
+    for name, p in expected.items():
+        if tensors[name].shape != p.value.shape:
+            raise ModelFileError(f"{where}: tensor {name!r} has shape {tensors[name].shape} "
+                                 f"but the architecture needs {p.value.shape}.")
+        p.value[...] = model.backend.asarray(tensors[name], model.dtype)
+    return model
 
 
 def _check_backend_type(backend):
@@ -379,26 +321,3 @@ def _is_dtype(dtype) -> bool:
     except TypeError:
         return False
     return not isinstance(dtype, str)
-
-
-@contextlib.contextmanager
-def _deferred_interrupt():
-    """Turn Ctrl-C into a flag checked between steps, so a step is never half applied.
-
-    Only the main thread can own SIGINT; elsewhere the flag is never set.
-    """
-    hit = []
-    if threading.current_thread() is not threading.main_thread():
-        yield lambda: False
-        return
-
-    def handler(signum, frame):
-        if hit:  # a second Ctrl-C means: stop now
-            raise KeyboardInterrupt
-        hit.append(signum)
-
-    previous = signal.signal(signal.SIGINT, handler)
-    try:
-        yield lambda: bool(hit)
-    finally:
-        signal.signal(signal.SIGINT, previous)

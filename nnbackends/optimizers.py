@@ -13,7 +13,13 @@ from .validation import check_choice, check_fraction, check_learning_rate, check
 
 class Optimizer:
     name: str
+    #: Per-parameter state arrays, in the order the update kernel takes them.
     state_names: tuple[str, ...] = ()
+    #: The update a fused step runs: the kernel table's name, or ``sgd_momentum_update`` for the
+    #: table's ``sgd_update`` with a velocity (fused steps run the two as separate kernels).
+    update_kernel: str
+    #: The attributes the update kernel takes after the learning rate, in its order.
+    hyperparameters: tuple[str, ...] = ()
 
     def __init__(self, learning_rate, decay=0.0):
         self.learning_rate = check_learning_rate("learning_rate", learning_rate)
@@ -53,6 +59,8 @@ class SGD(Optimizer):
         super().__init__(learning_rate, decay)
         self.momentum = check_fraction("momentum", momentum)
         self.state_names = ("velocity",) if self.momentum else ()
+        self.update_kernel = "sgd_momentum_update" if self.momentum else "sgd_update"
+        self.hyperparameters = ("momentum",) if self.momentum else ()
 
     def update(self, param):
         self.backend.sgd_update(param.value, param.grad, self.current_learning_rate,
@@ -65,6 +73,8 @@ class SGD(Optimizer):
 class Adagrad(Optimizer):
     name = "adagrad"
     state_names = ("cache",)
+    update_kernel = "adagrad_update"
+    hyperparameters = ("epsilon",)
 
     def __init__(self, learning_rate=1.0, decay=0.0, epsilon=1e-7):
         super().__init__(learning_rate, decay)
@@ -81,6 +91,8 @@ class Adagrad(Optimizer):
 class RMSprop(Optimizer):
     name = "rmsprop"
     state_names = ("cache",)
+    update_kernel = "rmsprop_update"
+    hyperparameters = ("rho", "epsilon")
 
     def __init__(self, learning_rate=0.001, decay=0.0, epsilon=1e-7, rho=0.9):
         super().__init__(learning_rate, decay)
@@ -99,6 +111,8 @@ class RMSprop(Optimizer):
 class Adam(Optimizer):
     name = "adam"
     state_names = ("m", "v")
+    update_kernel = "adam_update"
+    hyperparameters = ("beta_1", "beta_2", "epsilon")
 
     def __init__(self, learning_rate=0.001, decay=0.0, epsilon=1e-7, beta_1=0.9, beta_2=0.999):
         super().__init__(learning_rate, decay)

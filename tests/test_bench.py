@@ -113,7 +113,7 @@ def test_step_cost_counts_matrix_products_exactly():
     bias = 2 * (n * 64 + n * 3)  # bias add forward, db backward
     relu = bench.ELEMENTWISE["relu"][0] * n * 64
     head = bench.ELEMENTWISE["softmax_cce"][0] * n * 3 + n * 3
-    adam = bench.UPDATES["adam"][0] * (2 * 64 + 64 + 64 * 3 + 3)
+    adam = bench.UPDATES["adam_update"][0] * (2 * 64 + 64 + 64 * 3 + 3)
     assert bench.step_cost(model, n).flops == matmul + bias + relu + head + adam
 
 

@@ -194,9 +194,9 @@ def test_every_launch_matches_its_kernel_signature():
 def _train(backend, build, X, y, compiled, epochs=5, batch_size=None, dtype="float64"):
     model = build(backend, dtype)
     if compiled:
-        assert model.backend.compile_step(model) is not None
+        assert model.backend.fused_step(model) is not None
     history = model.fit(X, y, epochs=epochs, batch_size=batch_size, shuffle=batch_size is not None,
-                        verbose=0, compiled=compiled)
+                        verbose=0, fused=compiled)
     return model, history
 
 
@@ -219,7 +219,7 @@ def _regularized(be, dt):
 
 @pytest.mark.parametrize("batch_size", [None, 64])
 @pytest.mark.parametrize("build", list(STEP_MODELS))
-def test_compiled_step_matches_per_layer_path(build, batch_size):
+def test_fused_step_matches_per_layer_path(build, batch_size):
     X, y = spiral_data(50, 3)
     want, want_hist = _train("numpy", STEP_MODELS[build], X, y, compiled=False, batch_size=batch_size)
     got, got_hist = _train(cb.CupyArrayCode(), STEP_MODELS[build], X, y, compiled=True, batch_size=batch_size)
@@ -242,7 +242,7 @@ def sine_model(be, dt):
     return model.compile(loss="mse", optimizer=Adam(0.01))
 
 
-def test_compiled_step_regression():
+def test_fused_step_regression():
     X, y = sine_data()
     want, want_hist = _train("numpy", sine_model, X, y, compiled=False, epochs=4)
     got, got_hist = _train(cb.CupyArrayCode(), sine_model, X, y, compiled=True, epochs=4)
@@ -252,9 +252,9 @@ def test_compiled_step_regression():
         assert_close(g, w, "float64")
 
 
-def test_compiled_step_changes_nothing_when_not_finite():
+def test_fused_step_changes_nothing_when_not_finite():
     model = spiral_model(cb.CupyArrayCode(), "float64")
-    step = model.backend.compile_step(model)
+    step = model.backend.fused_step(model)
     X, y = spiral_data(10, 3)
     x, labels = model.backend.asarray(X, "float64"), model.backend.asarray(y.astype(np.int64))
     for bad in (np.nan, np.inf):
@@ -282,9 +282,9 @@ def test_compiled_step_changes_nothing_when_not_finite():
     .compile(loss="binary_crossentropy", optimizer="adam"),
     lambda be: Model(backend=be).add(Dense(2, 4)).add(Softmax()).compile(loss="mse", optimizer="adam"),
 ], ids=["dropout", "rmsprop", "bce", "softmax-mse"])
-def test_models_outside_the_compiled_step_get_none(build):
+def test_models_outside_the_fused_step_get_none(build):
     model = build(cb.CupyArrayCode())
-    assert model.backend.compile_step(model) is None
+    assert model.backend.fused_step(model) is None
 
 
 # ---------------------------------------------------------------------- detection
@@ -408,7 +408,7 @@ def test_gpu_graph_step_matches_per_layer_path(gpu, build, dtype):
     X, y = spiral_data(50, 3)
     want, want_hist = _train(gpu, STEP_MODELS[build], X, y, compiled=False, batch_size=64, dtype=dtype)
     got, got_hist = _train(gpu, STEP_MODELS[build], X, y, compiled=True, batch_size=64, dtype=dtype)
-    step = got._compiled_step
+    step = got._fused_step
     assert all(type(replay).__name__ != "function" for _, replay in step.shapes.values()), "no CUDA graph"
     assert len(step.shapes) == 2  # the full batches and the last partial one
     for g, w in zip(got.get_weights(), want.get_weights()):
@@ -422,7 +422,7 @@ def test_gpu_regression_graph_step_matches_per_layer_path(gpu, dtype):
     X, y = sine_data()
     want, want_hist = _train(gpu, sine_model, X, y, compiled=False, batch_size=16, dtype=dtype)
     got, got_hist = _train(gpu, sine_model, X, y, compiled=True, batch_size=16, dtype=dtype)
-    assert all(type(replay).__name__ != "function" for _, replay in got._compiled_step.shapes.values()), "no graph"
+    assert all(type(replay).__name__ != "function" for _, replay in got._fused_step.shapes.values()), "no graph"
     for g, w in zip(got.get_weights(), want.get_weights()):
         assert_close(g, w, dtype)
     assert_close(got_hist["loss"], want_hist["loss"], dtype)
@@ -431,7 +431,7 @@ def test_gpu_regression_graph_step_matches_per_layer_path(gpu, dtype):
 @pytest.mark.gpu
 def test_gpu_graph_step_changes_nothing_when_not_finite(gpu):
     model = spiral_model(gpu, "float32")
-    step = model.backend.compile_step(model)
+    step = model.backend.fused_step(model)
     X, y = spiral_data(10, 3)
     x, labels = gpu.asarray(X, "float32"), gpu.asarray(y.astype(np.int64))
     step(x, labels), step(x, labels)  # eager, then the first replay
@@ -446,7 +446,7 @@ def test_gpu_graph_step_changes_nothing_when_not_finite(gpu):
 def test_gpu_graph_reads_the_learning_rate_from_device_memory(gpu):
     X, y = spiral_data(20, 3)
     models = [spiral_model(gpu, "float64", optimizer=SGD(1.0)) for _ in range(2)]
-    steps = [m.backend.compile_step(m) for m in models]
+    steps = [m.backend.fused_step(m) for m in models]
     x, labels = gpu.asarray(X, "float64"), gpu.asarray(y.astype(np.int64))
     for model, step in zip(models, steps):
         step(x, labels), step(x, labels)  # captured from here on

@@ -74,9 +74,9 @@ def compiled(request):
 def train(build, data, backend, dtype, epochs, compiled):
     """Build a model, train it full batch; return (history, weights)."""
     model = build(backend, dtype)
-    if compiled and not model.backend.compile_step(model):
+    if compiled and not model.backend.fused_step(model):
         pytest.skip(f"the {model.backend.name!r} backend has no compiled step for this model")
-    history = model.fit(*data, epochs=epochs, verbose=0, compiled=compiled)
+    history = model.fit(*data, epochs=epochs, verbose=0, fused=compiled)
     return history, model.get_weights()
 
 

@@ -140,7 +140,7 @@ def test_each_epoch_sees_every_row_once_with_its_label(backend, shuffle):
         return step(xb, yb)
 
     model.train_step = recording_step
-    model.fit(X, y, epochs=3, batch_size=7, shuffle=shuffle, verbose=0, compiled=False)
+    model.fit(X, y, epochs=3, batch_size=7, shuffle=shuffle, verbose=0, fused=False)
     assert [len(xb) for xb, _ in seen] == [7, 7, 7, 7, 2] * 3
     orders = []
     for epoch in range(3):

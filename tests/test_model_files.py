@@ -18,7 +18,7 @@ import pytest
 
 import nnbackends as nb
 from nnbackends import ModelFileError
-from nnbackends.io import check_save_folder, read_safetensors, write_safetensors
+from nnbackends.model_files import check_save_folder, read_safetensors, write_safetensors
 from nnbackends.layers import Dense, Dropout, ReLU, Softmax
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -166,7 +166,7 @@ def test_a_failed_save_leaves_the_previous_file_and_no_temporary(saved, monkeypa
     def full_disk(fd):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("nnbackends.io.os.fsync", full_disk)
+    monkeypatch.setattr("nnbackends.model_files.os.fsync", full_disk)
     with pytest.raises(OSError, match="No space left"):
         other.save(path)
     assert path.read_bytes() == before

@@ -106,7 +106,7 @@ def test_warmup_compiles_what_fit_needs():
     X, y = datasets.spiral_data(20, 3)
     for compiled in (None, False):
         for dtype in ("float32", "float64"):
-            spiral_model(dtype).fit(X, y, epochs=2, verbose=0, compiled=compiled)
+            spiral_model(dtype).fit(X, y, epochs=2, verbose=0, fused=compiled)
     grown = [f.__name__ for f in dispatchers if len(f.signatures) != before[f]]
     assert grown == [], f"compiled during fit after warmup: {grown}"
 
@@ -157,7 +157,7 @@ def test_fork_after_training_works_with_numbas_threading_layer():
             m = Model(backend="numba", seed=1)
             m.add(Dense(2, 32)).add(ReLU()).add(Dense(32, 3)).add(Softmax())
             m.compile(optimizer="adam")
-            return m.fit(X, y, epochs=5, verbose=0, compiled=compiled)["loss"][-1]
+            return m.fit(X, y, epochs=5, verbose=0, fused=compiled)["loss"][-1]
         parent = [run(None), run(False)]
         r, w = os.pipe()
         pid = os.fork()
@@ -179,7 +179,7 @@ def test_threads_train_concurrently_with_the_same_results():
     results = [None] * 4
 
     def work(i):
-        results[i] = spiral_model().fit(X, y, epochs=20, verbose=0, compiled=None if i % 2 else False)["loss"]
+        results[i] = spiral_model().fit(X, y, epochs=20, verbose=0, fused=None if i % 2 else False)["loss"]
 
     threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
     for t in threads:
@@ -204,27 +204,27 @@ class CountingModel:
         model.train_step = counted
 
 
-def test_compiled_step_is_used_unless_compiled_false():
-    from nnbackends.backends.numba_step import CompiledStep
+def test_fused_step_is_used_unless_compiled_false():
+    from nnbackends.backends.numba_step import FusedStep
 
     X, y = datasets.spiral_data(20, 3)
     model = spiral_model()
     counter = CountingModel(model)
     model.fit(X, y, epochs=3, verbose=0)
-    assert counter.calls == 0 and isinstance(model._compiled_step, CompiledStep)
-    model.fit(X, y, epochs=3, verbose=0, compiled=False)
+    assert counter.calls == 0 and isinstance(model._fused_step, FusedStep)
+    model.fit(X, y, epochs=3, verbose=0, fused=False)
     assert counter.calls == 3
 
 
 def test_dropout_falls_back_to_the_per_layer_path():
     X, y = datasets.spiral_data(20, 3)
     model = spiral_model(dropout=True)
-    assert model.backend.compile_step(model) is None
+    assert model.backend.fused_step(model) is None
     counter = CountingModel(model)
     model.fit(X, y, epochs=2, verbose=0)
     assert counter.calls == 2
-    with pytest.raises(ValueError, match="no compiled step"):
-        model.fit(X, y, epochs=1, verbose=0, compiled=True)
+    with pytest.raises(ValueError, match="no fused step"):
+        model.fit(X, y, epochs=1, verbose=0, fused=True)
 
 
 def regularized_spiral_model(optimizer):
@@ -251,7 +251,7 @@ def test_each_pass_trains_like_the_reference(on_blas, dtype, build, data):
     runs = []
     for backend, compiled in (("numba", True), ("numpy", False)):
         model = build(backend, dtype)
-        history = model.fit(*data(), epochs=steps, verbose=0, compiled=compiled)
+        history = model.fit(*data(), epochs=steps, verbose=0, fused=compiled)
         runs.append((history, model.get_weights()))
     (got, got_w), (want, want_w) = runs
     np.testing.assert_allclose(got["loss"], want["loss"], rtol=rtol, atol=1e-12)
@@ -288,7 +288,7 @@ def test_the_pass_chosen_on_the_first_batch_is_kept(monkeypatch):
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf])
-def test_compiled_step_changes_nothing_when_not_finite(bad, on_blas):
+def test_fused_step_changes_nothing_when_not_finite(bad, on_blas):
     X, y = datasets.spiral_data(20, 3)
     model = spiral_model()
     model.fit(X, y, epochs=2, verbose=0)
@@ -305,13 +305,13 @@ def test_compiled_step_changes_nothing_when_not_finite(bad, on_blas):
             np.testing.assert_array_equal(p.state[k], v)
 
 
-def test_divergence_is_reported_from_the_compiled_step(on_blas):
+def test_divergence_is_reported_from_the_fused_step(on_blas):
     X, y = datasets.spiral_data(20, 3)
     model = spiral_model()
     model.layers[2].W.value[0, 0] = np.inf
     before = model.get_weights()
     with pytest.raises(TrainingDivergedError):
-        model.fit(X, y, epochs=1, verbose=0, compiled=True)
+        model.fit(X, y, epochs=1, verbose=0, fused=True)
     for got, want in zip(model.get_weights(), before):
         np.testing.assert_array_equal(got, want)
 

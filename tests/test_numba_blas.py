@@ -68,7 +68,7 @@ def test_info_names_the_blas_in_use():
         assert blas == f"NumPy's OpenBLAS ({path})"
 
 
-def test_kernels_and_the_compiled_step_work_on_the_fallback():
+def test_kernels_and_the_fused_step_work_on_the_fallback():
     """With NumPy's BLAS hidden, the symbols reach np.dot and training gives the same weights."""
     from test_numba import run_python
 

@@ -20,6 +20,8 @@ Conventions shared by every kernel:
 """
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 #: Probability clipping used by the cross-entropy losses (the nnfs book's value).
@@ -95,7 +97,7 @@ class Backend:
     def warmup(self, dtypes=("float32", "float64")) -> None:
         """Compile or load every kernel ahead of time (a no-op where nothing compiles)."""
 
-    def compile_step(self, model):
+    def fused_step(self, model):
         """A fused training step for ``model``, or None when this backend has none for it.
 
         The returned callable ``step(x, y)`` does forward, loss, backward,
@@ -107,6 +109,11 @@ class Backend:
         ``pre_update``/``post_update`` around it, exactly as on the per-layer path.
         """
         return None
+
+    def compile_step(self, model):
+        """Deprecated name of ``fused_step``."""
+        warnings.warn("Backend.compile_step is deprecated; use Backend.fused_step.", DeprecationWarning, stacklevel=2)
+        return self.fused_step(model)
 
     def describe(self) -> dict:
         """Facts for ``nnbackends info`` (device, versions, threads)."""

@@ -181,7 +181,7 @@ class CupyArrayCode(ArrayBackend):
             self._flag_nonfinite(a, flag)
 
     def _guarded_update_many(self, kind, tables, hyper, nonfinite, consts):
-        """Optimizer update ``kind`` (sgd, sgd_momentum, adam) of every parameter, reading
+        """Update kernel ``kind`` (sgd_update, sgd_momentum_update, adam_update) of every parameter, reading
         ``hyper = [lr, step]`` from device memory; nothing changes when ``nonfinite`` is set.
 
         ``tables``: parameters, gradients, then the state arrays (velocity; or m, v).
@@ -190,7 +190,7 @@ class CupyArrayCode(ArrayBackend):
             return
         lr, step = (float(v) for v in hyper)
         for arrays in zip(*tables):
-            if kind == "adam":
+            if kind == "adam_update":
                 self.adam_update(*arrays, lr, *consts, step)
             else:
                 param, grad, *velocity = arrays
@@ -340,7 +340,7 @@ class CupyArrayCode(ArrayBackend):
         return not int(self.to_numpy(flag))
 
     # ------------------------------------------------------------------ compiled step
-    def compile_step(self, model):
+    def fused_step(self, model):
         plan = step_plan(model)
         return None if plan is None else GraphStep(self, model, plan)
 
@@ -362,7 +362,7 @@ class _Buffers:
 
 
 class GraphStep:
-    """``step(x, y) -> (data_loss, accuracy, finite)`` for a qualifying model (``Backend.compile_step``).
+    """``step(x, y) -> (data_loss, accuracy, finite)`` for a qualifying model (``Backend.fused_step``).
 
     One batch shape's whole step (forward, loss, metric, backward,
     regularization gradients, non-finite check, guarded optimizer updates) is
@@ -380,14 +380,10 @@ class GraphStep:
         self.hyper = backend.zeros((2,), np.float64)  # learning rate, step count
         self.shapes = {}  # key -> (buffers, replay)
         opt = model.optimizer
-        if opt.name == "adam":
-            self.update, self.consts = "adam", (opt.beta_1, opt.beta_2, opt.epsilon)
-        else:
-            self.update, self.consts = ("sgd_momentum", (opt.momentum,)) if opt.momentum else ("sgd", ())
+        self.consts = tuple(getattr(opt, name) for name in plan.hyperparameters)
         # Gradients live in fixed buffers of this step (the per-layer path makes new ones).
         self.grads = [backend.zeros(p.value.shape, p.value.dtype) for p in self.params]
-        states = [[p.state[name] for p in self.params] for name in ("m", "v")] if self.update == "adam" else \
-            [[p.state["velocity"] for p in self.params]] if self.update == "sgd_momentum" else []
+        states = [[p.state[name] for p in self.params] for name in plan.state_names]
         self.update_tables = [backend._array_table(t) for t in ([p.value for p in self.params], self.grads, *states)]
 
     def __call__(self, x, y):
@@ -397,7 +393,7 @@ class GraphStep:
             p.grad = g
         dtype = self.model.dtype  # that of the graph's buffers
         x = be._contiguous(x).astype(dtype, copy=False)
-        y = be._labels(y) if self.plan[-1][1] == "softmax" else be._contiguous(y).astype(dtype, copy=False)
+        y = be._labels(y) if self.plan.classifies else be._contiguous(y).astype(dtype, copy=False)
         precision = getattr(metric, "precision", None)
         key = (x.shape, y.shape, y.dtype.str, precision)
         entry = self.shapes.get(key)
@@ -442,7 +438,7 @@ class GraphStep:
             a = h
         out, y = a, b.y
         loss, accuracy = b.result[0, ...], b.result[1, ...]
-        classes = plan[-1][1] == "softmax"
+        classes = plan.classifies
         be._loss_into("cce" if classes else "mse", out, y, loss)
         if self.model.metric is not None:
             be._accuracy_into("categorical" if classes else "regression", out, y, accuracy, precision)
@@ -461,7 +457,7 @@ class GraphStep:
                 be.regularization_backward(p.value, p.grad, p.l1, p.l2)
         b.nonfinite.fill(0)
         be._flag_nonfinite_many(b.checked, b.nonfinite)
-        be._guarded_update_many(self.update, self.update_tables, self.hyper, b.nonfinite, self.consts)
+        be._guarded_update_many(self.plan.update, self.update_tables, self.hyper, b.nonfinite, self.consts)
 
 
 # ---------------------------------------------------------------------- the GPU
@@ -681,7 +677,7 @@ class CupyBackend(CupyArrayCode):
         self._many("flag_nonfinite_many", table, table.addresses, table.sizes, flag)
 
     def _guarded_update_many(self, kind, tables, hyper, nonfinite, consts):
-        self._many(kind + "_update_guarded", tables[0], *(t.addresses for t in tables), tables[0].sizes, hyper,
+        self._many(kind + "_guarded", tables[0], *(t.addresses for t in tables), tables[0].sizes, hyper,
                    nonfinite, *map(np.float64, consts))
 
     # ------------------------------------------------------------------ optimizer kernels (in place)

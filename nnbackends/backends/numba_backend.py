@@ -5,7 +5,7 @@ compiled code in ``numba_kernels`` (nothing is forwarded to the NumPy
 backend); matrix products call BLAS from the compiled code (NumPy's own
 OpenBLAS where it can be found, see ``numba_blas``). Compiled code is cached
 on disk where Numba puts its cache (``NUMBA_CACHE_DIR`` when set).
-``compile_step`` builds the fused training step of ``numba_step``.
+``fused_step`` builds the fused training step of ``numba_step``.
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ except ImportError as exc:  # the registry turns this into BackendUnavailableErr
     raise ImportError(f"{exc.name or exc} is not installed") from exc
 
 from . import numba_kernels as K
-from .numba_step import compile_step, warm_step
+from .numba_step import fused_step, warm_step
 
 
 def _flat(a):
@@ -163,11 +163,11 @@ class NumbaBackend(ArrayBackend):
         return all(bool(K.all_finite(np.ascontiguousarray(a).reshape(-1))) for a in arrays)
 
     # ------------------------------------------------------------------ compiled code
-    def compile_step(self, model):
-        return compile_step(model)
+    def fused_step(self, model):
+        return fused_step(model)
 
     def warmup(self, dtypes=("float32", "float64")) -> None:
-        """Compile (or load from the cache) every kernel and the compiled step for each dtype."""
+        """Compile (or load from the cache) every kernel and the fused step for each dtype."""
         for dtype in dtypes:
             _warm_kernels(self, np.dtype(dtype))
             warm_step(np.dtype(dtype))

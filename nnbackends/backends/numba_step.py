@@ -1,6 +1,6 @@
-"""The Numba compiled training step: one ``@njit`` call per batch.
+"""The Numba fused training step: one ``@njit`` call per batch.
 
-``compile_step(model)`` runs models that ``step_plan`` admits (Dense layers
+``fused_step(model)`` runs models that ``step_plan`` admits (Dense layers
 with ReLU, LeakyReLU, Sigmoid, Tanh or Linear between them, ending in Softmax
 with categorical cross-entropy or Linear with MSE, trained with SGD, AdaGrad,
 RMSprop or Adam);
@@ -41,29 +41,17 @@ def runs_on_blas(widths, batch) -> bool:
     return bool(batch < K.PAD_COLS or narrow > THIN_SIDES)
 
 
-#: The optimizers the step runs: name -> (step code, the attributes that follow the learning
-#: rate in ``hyper``, in the order of the optimizer's update kernel). SGD without momentum is ``K.SGD``.
-STEP_OPTIMIZERS = {"sgd": (K.SGD_MOMENTUM, ("momentum",)), "adagrad": (K.ADAGRAD, ("epsilon",)),
-                   "rmsprop": (K.RMSPROP, ("rho", "epsilon")), "adam": (K.ADAM, ("beta_1", "beta_2", "epsilon"))}
+#: Step code of each update kernel the step runs.
+UPDATE_CODES = {"sgd_update": K.SGD, "sgd_momentum_update": K.SGD_MOMENTUM, "adagrad_update": K.ADAGRAD,
+                "rmsprop_update": K.RMSPROP, "adam_update": K.ADAM}
+#: Step code of each output mode of ``StepPlan``.
+OUTPUT_CODES = {"softmax_cce": K.SOFTMAX_CCE, "linear_mse": K.LINEAR_MSE}
 
 
-def _optimizer(opt):
-    """``(code, hyperparameter names)`` of a qualifying optimizer."""
-    if opt.name == "sgd" and not opt.momentum:
-        return K.SGD, ()
-    return STEP_OPTIMIZERS[opt.name]
-
-
-def compile_step(model):
+def fused_step(model):
     """A ``step(x, y) -> (data_loss, accuracy, finite)`` for ``model``, or None if it does not qualify."""
-    plan = step_plan(model, optimizers=tuple(STEP_OPTIMIZERS))
-    if plan is None:
-        return None
-    dense = [stage.dense for stage in plan]
-    acts = [ACTIVATION_CODES[stage.activation] for stage in plan]
-    alphas = [stage.alpha for stage in plan]
-    mode = K.SOFTMAX_CCE if plan[-1].activation == "softmax" else K.LINEAR_MSE
-    return CompiledStep(model, dense, acts, alphas, mode, *_optimizer(model.optimizer), model.optimizer.state_names)
+    plan = step_plan(model, updates=tuple(UPDATE_CODES))
+    return None if plan is None else FusedStep(model, plan)
 
 
 def _gather(arrays, dtype):
@@ -73,7 +61,7 @@ def _gather(arrays, dtype):
     return flat, [flat[lo:hi].reshape(a.shape) for a, lo, hi in zip(arrays, bounds[:-1], bounds[1:])]
 
 
-class CompiledStep:
+class FusedStep:
     """The step callable: holds the work buffers, allocated once, and the parameters.
 
     The parameters (W0, b0, W1, b1, ...), their gradients and each optimizer state
@@ -82,9 +70,11 @@ class CompiledStep:
     them in place), so the step takes a few arrays and updates them in one loop.
     """
 
-    def __init__(self, model, dense, acts, alphas, mode, opt_code, hyper_names, state_names):
+    def __init__(self, model, plan):
         self.model = model
-        self.mode, self.opt_code, self.hyper_names = mode, opt_code, hyper_names
+        dense = [stage.dense for stage in plan]
+        self.mode, self.opt_code = OUTPUT_CODES[plan.output], UPDATE_CODES[plan.update]
+        self.hyper_names = plan.hyperparameters
         dtype = self.dtype = np.dtype(model.dtype)
         params = [p for d in dense for p in (d.W, d.b)]
         self.offsets = np.cumsum([0] + [p.value.size for p in params]).astype(np.int64)
@@ -92,7 +82,7 @@ class CompiledStep:
         self.P, values = _gather([p.value for p in params], dtype)
         self.G, grads = _gather([np.zeros_like(p.value) for p in params], dtype)
         states = []
-        for name in state_names:
+        for name in plan.state_names:
             flat, views = _gather([p.state[name] for p in params], dtype)
             states.append(flat)
             for p, v in zip(params, views):
@@ -102,8 +92,8 @@ class CompiledStep:
         unused = np.empty(0, dtype)
         self.S1 = states[0] if states else unused
         self.S2 = states[1] if len(states) > 1 else unused
-        self.codes = np.array(acts, dtype=np.int64)
-        self.alphas = np.array(alphas, dtype=np.float64)
+        self.codes = np.array([ACTIVATION_CODES[stage.activation] for stage in plan], dtype=np.int64)
+        self.alphas = np.array([stage.alpha for stage in plan], dtype=np.float64)
         self.regs = np.array([[p.l1, p.l2] for p in params], dtype=np.float64)
         self.hyper = np.zeros(4)
         self.blas = None  # which pass: chosen on the first batch, then kept (a pass compiles on first use)

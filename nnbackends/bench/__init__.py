@@ -20,7 +20,7 @@ Modules: ``cost`` (FLOPs and bytes), ``cases`` (workloads and kernel cases), ``r
 (plan, timing, the JSON report), ``report`` (table, comparison, plot, README section) and
 ``command`` (``nnbackends bench``). ``benchmarks/`` (pytest-benchmark) uses the same cases.
 """
-from .cases import (KERNEL_NAMES, KERNEL_SIZES, PEERS, TORCH, WORKLOADS, KernelCase, TorchTrainCase, TrainCase,
+from .cases import (BENCH_KERNELS, KERNEL_SIZES, PEERS, TORCH, WORKLOADS, KernelCase, TorchTrainCase, TrainCase,
                     Workload)
 from .command import add_parser
 from .cost import ELEMENTWISE, UPDATES, Cost, step_cost
@@ -29,7 +29,7 @@ from .runner import (Plan, availability, calibrate, measure_peak, pytest_benchma
                      torch_unavailable_reason)
 
 __all__ = [
-    "ELEMENTWISE", "KERNEL_NAMES", "KERNEL_SIZES", "PEERS", "README_END", "README_START", "TORCH", "UPDATES",
+    "ELEMENTWISE", "BENCH_KERNELS", "KERNEL_SIZES", "PEERS", "README_END", "README_START", "TORCH", "UPDATES",
     "WORKLOADS", "Cost", "KernelCase", "Plan", "TorchTrainCase", "TrainCase", "Workload", "add_parser",
     "availability", "calibrate", "compare", "format_seconds", "format_table", "measure_peak", "plot",
     "pytest_benchmark", "run", "step_cost", "thread_limit", "torch_unavailable_reason", "update_readme",

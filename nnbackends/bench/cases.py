@@ -144,7 +144,7 @@ def _batches(steps, n, batch):
 
 
 class TrainCase(Case):
-    """``Model.fit`` on a workload (the backend's compiled step is used whenever it has one)."""
+    """``Model.fit`` on a workload (the backend's fused step is used whenever it has one)."""
 
     suite = "train"
 
@@ -251,7 +251,7 @@ KERNEL_OPTIMIZERS = {
     "rmsprop": {},
     "adam": {},
 }
-KERNEL_NAMES = ("dense_forward", "dense_backward", *(a for a in ACTIVATIONS if a != "linear"),
+BENCH_KERNELS = ("dense_forward", "dense_backward", *(a for a in ACTIVATIONS if a != "linear"),
                 "softmax_cce", *(f"{o}_update" for o in KERNEL_OPTIMIZERS))
 
 
@@ -261,8 +261,8 @@ class KernelCase(Case):
     suite = "kernels"
 
     def __init__(self, kernel, size, backend_name, dtype):
-        if kernel not in KERNEL_NAMES:
-            raise ValueError(f"unknown kernel {kernel!r}; expected one of {', '.join(KERNEL_NAMES)}")
+        if kernel not in BENCH_KERNELS:
+            raise ValueError(f"unknown kernel {kernel!r}; expected one of {', '.join(BENCH_KERNELS)}")
         self.workload, self.size, self.backend, self.dtype = kernel, size, backend_name, dtype
         self.n, self.i, self.o = KERNEL_SIZES[size]
 

@@ -5,7 +5,7 @@ import json
 import sys
 
 from ..validation import check_positive_int
-from .cases import KERNEL_NAMES, WORKLOADS
+from .cases import BENCH_KERNELS, WORKLOADS
 from .report import compare, format_table, plot, update_readme
 from .runner import Plan, run
 
@@ -28,7 +28,7 @@ def add_parser(sub):
                    help="comma-separated backends; 'torch' and 'torch-cuda' for the PyTorch eager peers "
                         "(default: every registered backend and both peers)")
     p.add_argument("--workloads", default=None,
-                   help=f"comma-separated subset of: {', '.join([*WORKLOADS, *KERNEL_NAMES])} (default: all of them)")
+                   help=f"comma-separated subset of: {', '.join([*WORKLOADS, *BENCH_KERNELS])} (default: all of them)")
     p.add_argument("--dtype", choices=("float32", "float64"), default="float32", help="float type (default: float32)")
     p.add_argument("--quick", action="store_true", help="fewer sizes and rounds, about a minute on two cores (default: off)")
     p.add_argument("--smoke", action="store_true", help="tiny sizes, one round: checks the suite runs (default: off)")
@@ -48,10 +48,10 @@ def cmd_bench(args) -> int:
         with open(args.compare) as f:
             old = json.load(f)
     workloads = _names(args.workloads)
-    unknown = [w for w in workloads or () if w not in WORKLOADS and w not in KERNEL_NAMES]
+    unknown = [w for w in workloads or () if w not in WORKLOADS and w not in BENCH_KERNELS]
     if unknown:
         raise ValueError(f"--workloads: unknown {', '.join(unknown)}; expected names from "
-                         f"{', '.join([*WORKLOADS, *KERNEL_NAMES])}.")
+                         f"{', '.join([*WORKLOADS, *BENCH_KERNELS])}.")
     if args.threads is not None:
         check_positive_int("--threads", args.threads)
     plan = Plan(args.suite, _names(args.backends), workloads, args.dtype, args.quick, args.smoke, args.threads)

@@ -26,7 +26,9 @@ ELEMENTWISE = {
     "softmax_cce": (7, 4),  # softmax forward, loss, fused gradient
 }
 #: Nominal (flops, arrays touched) per parameter element for one optimizer update.
-UPDATES = {"sgd": (2, 3), "sgd_momentum": (4, 5), "adagrad": (5, 5), "rmsprop": (7, 5), "adam": (13, 7)}
+#: Keyed by the optimizer's ``update_kernel``.
+UPDATES = {"sgd_update": (2, 3), "sgd_momentum_update": (4, 5), "adagrad_update": (5, 5), "rmsprop_update": (7, 5),
+           "adam_update": (13, 7)}
 
 
 def dense_forward_cost(n, i, o, itemsize) -> Cost:
@@ -46,13 +48,12 @@ def elementwise_cost(kind, elements, itemsize) -> Cost:
 
 
 def update_cost(optimizer, elements, itemsize) -> Cost:
-    kind = optimizer.name + ("_momentum" if getattr(optimizer, "momentum", 0) else "")
-    flops, arrays = UPDATES[kind]
+    flops, arrays = UPDATES[optimizer.update_kernel]
     return Cost(flops * elements, arrays * elements * itemsize)
 
 
 def step_cost(model, batch) -> Cost:
-    """FLOPs and bytes of one training step of a compiled ``model`` on ``batch`` samples."""
+    """FLOPs and bytes of one training step of a fused-step ``model`` on ``batch`` samples."""
     itemsize = np.dtype(model.dtype).itemsize
     total, width, first = Cost(), model.n_inputs, True
     for index, layer in enumerate(model.layers):

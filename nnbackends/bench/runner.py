@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..backends import get_backend, registered_backends, unavailable_reason
-from .cases import (KERNEL_NAMES, KERNEL_SIZES, PEERS, QUICK_SIZES, TORCH, TORCH_INSTALL, WARMUP_SECONDS,
+from .cases import (BENCH_KERNELS, KERNEL_SIZES, PEERS, QUICK_SIZES, TORCH, TORCH_INSTALL, WARMUP_SECONDS,
                     WORKLOADS, KernelCase, TorchTrainCase, TrainCase)
 
 
@@ -84,7 +84,7 @@ def make_groups(plan: Plan, runnable):
                 ]))
     if plan.suite in ("kernels", "all"):
         sizes = ("tiny",) if plan.smoke else QUICK_SIZES if plan.quick else tuple(KERNEL_SIZES)
-        for kernel in KERNEL_NAMES:
+        for kernel in BENCH_KERNELS:
             if plan.wanted(kernel):
                 for size in sizes:
                     groups.append((f"kernel {kernel} {size}", [

@@ -3,7 +3,9 @@
 Layout (https://github.com/huggingface/safetensors): an 8-byte little-endian
 header length, a JSON header naming each tensor's dtype, shape and byte range,
 then the raw little-endian tensor bytes. Our header's ``__metadata__`` holds
-the architecture and compile settings as JSON strings.
+the architecture and compile settings as JSON strings; what they mean is the
+model's business (``Model.save``, ``load_model``), this module only checks
+that a file says it is a model file of a version it reads.
 """
 from __future__ import annotations
 
@@ -118,29 +120,18 @@ def read_safetensors(path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     return tensors, metadata
 
 
-# ---------------------------------------------------------------------- models
-def save_model(model, path) -> None:
-    model._require_compiled()
-    tensors = {f"layers.{i}.{p.name}": model.backend.to_numpy(p.value)
-               for i, layer in enumerate(model.layers) for p in layer.params()}
-    metadata = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "dtype": model.dtype,
-        "layers": json.dumps([{"class": type(l).__name__, "config": l.config()} for l in model.layers]),
-        "loss": json.dumps(model.loss.config()),
-        "optimizer": json.dumps(model.optimizer.config()),
-        "metric": json.dumps(model.metric.config() if model.metric else None),
-    }
-    write_safetensors(path, tensors, metadata)
+# ---------------------------------------------------------------------- model files
+#: Metadata entries every model file holds besides the format marks (JSON strings but ``dtype``).
+MODEL_METADATA = ("dtype", "layers", "loss", "optimizer", "metric")
 
 
-def load_model(path, backend=None):
-    from .layers import from_config
-    from .metrics import metric_from_config
-    from .model import Model
-    from .optimizers import optimizer_from_config
+def write_model_file(path, tensors: dict[str, np.ndarray], metadata: dict[str, str]) -> None:
+    """Write a model's ``tensors`` and ``metadata`` (the ``MODEL_METADATA`` entries), atomically."""
+    write_safetensors(path, tensors, {"format": FORMAT, "format_version": FORMAT_VERSION, **metadata})
 
+
+def read_model_file(path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """The tensors and metadata of a file ``write_model_file`` wrote; ``ModelFileError`` naming what is wrong."""
     tensors, meta = read_safetensors(path)
     if meta.get("format") != FORMAT:
         raise ModelFileError(
@@ -150,30 +141,7 @@ def load_model(path, backend=None):
     if meta.get("format_version") != FORMAT_VERSION:
         raise ModelFileError(f"{os.fspath(path)!r} has format version {meta.get('format_version')!r}; "
                              f"this nnbackends reads version {FORMAT_VERSION}.")
-    missing = [key for key in ("dtype", "layers", "loss", "optimizer", "metric") if key not in meta]
+    missing = [key for key in MODEL_METADATA if key not in meta]
     if missing:
         raise ModelFileError(f"{os.fspath(path)!r} lacks the model metadata {missing}; save models with Model.save().")
-    try:
-        layers = json.loads(meta["layers"])
-        model = Model(backend=backend, dtype=meta["dtype"])
-        for spec in layers:
-            model.add(from_config(spec["class"], spec["config"]))
-        metric = json.loads(meta["metric"])
-        model.compile(loss=json.loads(meta["loss"])["name"],
-                      optimizer=optimizer_from_config(json.loads(meta["optimizer"])),
-                      metrics=[metric_from_config(metric)] if metric else [])
-    except (KeyError, TypeError, ValueError) as exc:
-        detail = f"missing key {exc}" if isinstance(exc, KeyError) else str(exc)
-        raise ModelFileError(f"{os.fspath(path)!r} has invalid model metadata: {detail}") from None
-    expected = {f"layers.{i}.{p.name}": p for i, layer in enumerate(model.layers) for p in layer.params()}
-    missing = sorted(set(expected) - set(tensors))
-    extra = sorted(set(tensors) - set(expected))
-    if missing or extra:
-        raise ModelFileError(f"{os.fspath(path)!r} does not match its architecture: "
-                             f"missing tensors {missing}, unexpected tensors {extra}.")
-    for name, p in expected.items():
-        if tensors[name].shape != p.value.shape:
-            raise ModelFileError(f"{os.fspath(path)!r}: tensor {name!r} has shape {tensors[name].shape} "
-                                 f"but the architecture needs {p.value.shape}.")
-        p.value[...] = model.backend.asarray(tensors[name], model.dtype)
-    return model
+    return tensors, meta
