@@ -11,7 +11,7 @@ import sys
 
 import numpy as np
 
-from . import bench, data_files, datasets, model_files
+from . import bench, cli_training, data_files, datasets, model_files
 from .backends import ENV_VAR
 from .errors import BackendUnavailableError, ModelFileError, TrainingDivergedError
 from .layers import ACTIVATIONS, Dense, Dropout, Linear, Softmax, activation
@@ -155,10 +155,11 @@ def build_model(n_inputs, n_outputs, hidden, act, task, backend=None, seed=None,
     return model
 
 
-def make_optimizer(args):
-    """The optimizer named by ``--optimizer`` with the settings that apply to it."""
+def make_optimizer(args, schedule=None):
+    """The optimizer named by ``--optimizer`` with the settings that apply to it (``schedule``: its rate)."""
     cls = OPTIMIZERS[args.optimizer]
-    settings = {"learning_rate": args.learning_rate, "decay": args.decay, "epsilon": args.epsilon}
+    settings = {"learning_rate": schedule or args.learning_rate, "decay": None if schedule else args.decay,
+                "epsilon": args.epsilon}
     settings.update({"sgd": {"momentum": args.momentum}, "adagrad": {},
                      "rmsprop": {"rho": args.rho}, "adam": {"beta_1": args.beta_1, "beta_2": args.beta_2}}[args.optimizer])
     if args.optimizer == "sgd":
@@ -209,22 +210,30 @@ def cmd_train(args) -> int:
     else:
         y = y.reshape(len(y), -1)
         n_outputs = y.shape[1]
-    model = build_model(X.shape[1], n_outputs, parse_hidden(args.hidden), args.activation, task,
-                        backend=args.backend, seed=args.seed, dtype=args.dtype,
-                        l1=args.l1, l2=args.l2, dropout=args.dropout)
-    model.compile(loss="categorical_crossentropy" if task == "classification" else "mse",
-                  optimizer=make_optimizer(args))
     validation = None
     if args.validation_split:
         X, X_val, y, y_val = datasets.train_test_split(X, y, test_size=args.validation_split, seed=args.seed)
         validation = (X_val, y_val)
+    if args.resume:
+        model = load_model(args.resume, backend=args.backend)
+        cli_training.check_resumable(model, args)
+    else:
+        rate = args.learning_rate if args.learning_rate is not None else OPTIMIZERS[args.optimizer]().learning_rate
+        schedule = cli_training.make_schedule(args, rate, cli_training.total_steps(len(X), args.batch_size,
+                                                                                     args.epochs))
+        model = build_model(X.shape[1], n_outputs, parse_hidden(args.hidden), args.activation, task,
+                            backend=args.backend, seed=args.seed, dtype=args.dtype,
+                            l1=args.l1, l2=args.l2, dropout=args.dropout)
+        model.compile(loss="categorical_crossentropy" if task == "classification" else "mse",
+                      optimizer=make_optimizer(args, schedule))
     how = (f" (from {ENV_VAR})" if not args.backend and os.environ.get(ENV_VAR)
            else " (auto)" if (args.backend or "auto").strip().lower() == "auto" else "")
     name = args.data or source
     echo(args, f"training on {name}: {len(X)} samples, {X.shape[1]} features, {task}; "
                f"backend {model.backend.name}{how}, {args.dtype}")
     history = model.fit(X, y, epochs=args.epochs, batch_size=args.batch_size, validation_data=validation,
-                        verbose=0 if args.quiet else 1)
+                        verbose=0 if args.quiet else 1,
+                        callbacks=cli_training.make_callbacks(args, validation is not None))
     final = {k: v[-1] for k, v in history.history.items()}
     if args.save:
         model.save(args.save)
@@ -352,6 +361,7 @@ def add_train_parser(sub):
                      help="write a PNG: decision regions (2-D classification data) beside the loss and "
                           "accuracy curves; needs matplotlib (default: none)")
     _add_output_arguments(out, "the final metrics, backend and timings")
+    cli_training.add_arguments(p, positive_int, nonnegative_float)
     p.set_defaults(run=cmd_train)
 
 

@@ -6,6 +6,7 @@ kernels take (integer labels or float targets).
 """
 from __future__ import annotations
 
+from .backends.base import CLIP
 from .validation import check_choice, check_class_labels, check_output_targets
 
 
@@ -25,6 +26,11 @@ class Loss:
     def backward(self, p, y):
         """Gradient of ``forward`` with respect to p."""
         return getattr(self.backend, self.kernel + "_backward")(p, y)
+
+    def row_losses(self, p, y):
+        """The per-sample losses whose mean ``forward`` is, shape (n,) (for sample weights;
+        written on the backend's array module, not a kernel of the table)."""
+        raise NotImplementedError
 
     def prepare_targets(self, y, n_outputs, dtype, name="y"):
         return check_output_targets(name, y, n_outputs).astype(dtype, copy=False)
@@ -46,6 +52,11 @@ class CategoricalCrossentropy(Loss):
         y = check_class_labels(name, y, n_outputs)
         return y if y.ndim == 1 else y.astype(dtype, copy=False)
 
+    def row_losses(self, p, y):
+        xp = self.backend.xp
+        picked = p[xp.arange(p.shape[0]), y] if y.ndim == 1 else (p * y).sum(axis=1)
+        return -xp.log(xp.clip(picked, CLIP, 1 - CLIP))
+
 
 class BinaryCrossentropy(Loss):
     """Cross-entropy of independent 0/1 outputs (after a Sigmoid)."""
@@ -53,15 +64,27 @@ class BinaryCrossentropy(Loss):
     name = "binary_crossentropy"
     kernel = "bce"
 
+    def row_losses(self, p, y):
+        xp = self.backend.xp
+        p = xp.clip(p, CLIP, 1 - CLIP)
+        return -(y * xp.log(p) + (1 - y) * xp.log(1 - p)).mean(axis=1)
+
 
 class MeanSquaredError(Loss):
     name = "mse"
     kernel = "mse"
 
+    def row_losses(self, p, y):
+        d = y - p
+        return (d * d).mean(axis=1)
+
 
 class MeanAbsoluteError(Loss):
     name = "mae"
     kernel = "mae"
+
+    def row_losses(self, p, y):
+        return self.backend.xp.abs(y - p).mean(axis=1)
 
 
 LOSSES = {

@@ -23,7 +23,8 @@ from .model_files import read_model_file, write_model_file
 from .optimizers import get_optimizer, optimizer_from_config
 from .progress import make_progress
 from .trainer import BatchSource, Trainer
-from .validation import check_choice, check_features, check_positive_int, check_seed, check_targets
+from .validation import (check_choice, check_features, check_positive_int, check_sample_weight, check_seed,
+                         check_targets, class_weights_as_sample_weights, split_for_validation)
 
 __all__ = ["History", "Model", "load_model"]
 
@@ -47,6 +48,8 @@ class Model:
         self.loss = self.optimizer = self.metric = None
         self._n_features = None  # output width of the stack so far
         self._fused_step = None
+        self.epochs_trained = 0  # over the model's life: saved, and counted on by a resumed fit
+        self.stop_training = False  # a callback sets it to end training after the current epoch
 
     # ------------------------------------------------------------------ building
     def add(self, layer: Layer):
@@ -107,14 +110,19 @@ class Model:
             x = layer.forward(x, training)
         return x
 
-    def backward(self, out, y):
-        """Backpropagate the loss gradient; fills every ``param.grad``."""
+    def backward(self, out, y, row_scale=None):
+        """Backpropagate the loss gradient; fills every ``param.grad``.
+
+        ``row_scale`` (n,) multiplies each sample's gradient (sample weights).
+        """
         layers = self.layers
         if self.softmax_cce:
             dy = self.backend.softmax_cce_backward(out, y)
             layers = layers[:-1]
         else:
             dy = self.loss.backward(out, y)
+        if row_scale is not None:
+            dy = dy * row_scale[:, None]
         last = len(layers) - 1
         first_dense = next(i for i, l in enumerate(layers) if isinstance(l, Dense))
         for i in range(last, first_dense - 1, -1):
@@ -129,12 +137,20 @@ class Model:
                 total = term if total is None else total + term
         return total
 
-    def train_step(self, x, y):
-        """One per-layer step on a batch: returns (data_loss, accuracy, finite)."""
+    def train_step(self, x, y, sample_weight=None):
+        """One per-layer step on a batch: returns (data_loss, accuracy, finite).
+
+        With ``sample_weight`` the objective is ``sum(w * loss) / sum(w)`` over the batch.
+        """
         out = self.forward(x, training=True)
-        data_loss = self.loss.forward(out, y)
         accuracy = self.metric(out, y) if self.metric else None
-        self.backward(out, y)
+        if sample_weight is None:
+            data_loss = self.loss.forward(out, y)
+            self.backward(out, y)
+        else:
+            share = _shares(sample_weight)
+            data_loss = (self.loss.row_losses(out, y) * share).sum()
+            self.backward(out, y, row_scale=share * x.shape[0])
         params = self.params()
         if not self.backend.all_finite([data_loss, *(p.grad for p in params)]):
             return data_loss, accuracy, False
@@ -171,13 +187,19 @@ class Model:
 
     # ------------------------------------------------------------------ training
     def fit(self, X, y, epochs=1, batch_size=None, shuffle=True, validation_data=None, verbose=1,
-            fused=None, compiled=None) -> History:
+            fused=None, callbacks=(), validation_split=None, sample_weight=None, class_weight=None,
+            compiled=None) -> History:
         """Train; returns a History of per-epoch ``loss``, ``accuracy`` and ``val_`` entries.
 
         ``batch_size=None`` trains on the full batch. ``fused=None`` uses the
         backend's fused step when it has one for this model, ``False`` forces
         the per-layer path, ``True`` requires the fused step (``compiled`` is
-        its deprecated name). A loss or gradient that stops being finite raises
+        its deprecated name). ``callbacks``: ``nnbackends.callbacks`` objects.
+        ``validation_split``: the last fraction of the rows (before shuffling)
+        is held out as ``validation_data``. ``sample_weight`` (one weight per
+        row) or ``class_weight`` (``{class: weight}``) make each batch's
+        objective ``sum(w * loss) / sum(w)``; they train on the per-layer path.
+        A loss or gradient that stops being finite raises
         ``TrainingDivergedError`` with the weights of the last finite step kept.
         Ctrl-C stops after the current step and returns the history so far
         (``history.interrupted``).
@@ -186,9 +208,18 @@ class Model:
             warnings.warn("fit(compiled=...) is deprecated; use fit(fused=...).", DeprecationWarning, stacklevel=2)
             fused = compiled if fused is None else fused
         epochs = check_positive_int("epochs", epochs)
-        x, y_dev, y_host = self._prepare(X, y)
         if batch_size is not None:
             batch_size = check_positive_int("batch_size", batch_size)
+        if validation_split is not None:
+            if validation_data is not None:
+                raise ValueError("Pass validation_data or validation_split, not both.")
+            X, y = np.asarray(X), np.asarray(y)
+            weights = () if sample_weight is None else (np.asarray(sample_weight),)
+            (X, y, *weights), (X_val, y_val, *_) = split_for_validation(validation_split, X, y, *weights)
+            sample_weight = weights[0] if weights else None
+            validation_data = (X_val, y_val)
+        x, y_dev, y_host = self._prepare(X, y)
+        weights = self._sample_weights(sample_weight, class_weight, y_host)
         val = None
         if validation_data is not None:
             if not (isinstance(validation_data, (tuple, list)) and len(validation_data) == 2):
@@ -196,28 +227,68 @@ class Model:
             val = self._prepare(*validation_data, x_name="X_val", y_name="y_val")[:2]
         if self.metric:
             self.metric.adapt(y_host)
-        step = self._step_function(fused)
-        source = BatchSource(self.backend, x, y_dev, batch_size, shuffle, self.rng)
+        arrays = (x, y_dev)
+        if weights is None:
+            step = self._step_function(fused)
+        elif fused:
+            raise ValueError("fused=True, but fused steps take no sample or class weights; use fused=None.")
+        else:
+            step, arrays = self.train_step, (x, y_dev, self.backend.asarray(weights, self.dtype))
+        source = BatchSource(self.backend, arrays, batch_size, shuffle, self.rng)
         progress = make_progress(verbose, epochs, source.steps_per_epoch)
-        return Trainer(self, step, source, progress, validation=val).run(epochs)
+        return Trainer(self, step, source, progress, validation=val, callbacks=callbacks).run(epochs)
+
+    def _sample_weights(self, sample_weight, class_weight, y_host):
+        """Host float64 weights per sample from ``sample_weight`` and/or ``class_weight``, or None."""
+        weights = None
+        if sample_weight is not None:
+            weights = check_sample_weight("sample_weight", sample_weight, y_host.shape[0])
+        if class_weight is not None:
+            if not isinstance(self.loss, CategoricalCrossentropy):
+                raise ValueError(f"class_weight needs a classification loss; this model trains with {self.loss.name}.")
+            per_class = class_weights_as_sample_weights(class_weight, y_host, self.n_outputs)
+            weights = per_class if weights is None else weights * per_class
+            weights = check_sample_weight("class_weight's sample weights", weights, y_host.shape[0])
+        return weights
 
     # ------------------------------------------------------------------ inference
-    def _evaluate_device(self, x, y):
-        out = self.forward(x, training=False)
-        logs = {"loss": self.backend.to_float(self.loss.forward(out, y))}
+    def _evaluate_device(self, x, y, weights=None, batch_size=None):
+        n = x.shape[0]
+        batch_size = n if batch_size is None else batch_size
+        total = None if weights is None else weights.sum()
+        loss = accuracy = 0.0
+        for start in range(0, n, batch_size):
+            rows = slice(start, start + batch_size)
+            out, yb = self.forward(x[rows], training=False), y[rows]
+            if weights is None:
+                loss = loss + self.loss.forward(out, yb) * (out.shape[0] / n)
+            else:
+                loss = loss + (self.loss.row_losses(out, yb) * weights[rows]).sum() / total
+            if self.metric:
+                accuracy = accuracy + self.metric(out, yb) * (out.shape[0] / n)
+        logs = {"loss": self.backend.to_float(loss)}
         reg = self.regularization_loss()
         if reg is not None:
             logs["loss"] += self.backend.to_float(reg)
         if self.metric:
-            logs["accuracy"] = self.backend.to_float(self.metric(out, y))
+            logs["accuracy"] = self.backend.to_float(accuracy)
         return logs
 
-    def evaluate(self, X, y) -> dict:
-        """Loss (data + regularization) and accuracy on (X, y) in inference mode."""
+    def evaluate(self, X, y, batch_size=None, sample_weight=None) -> dict:
+        """Loss (data + regularization) and accuracy on (X, y) in inference mode.
+
+        ``sample_weight`` weighs each row's loss (``sum(w * loss) / sum(w)``); accuracy stays unweighted.
+        """
         x, y_dev, y_host = self._prepare(X, y)
+        if batch_size is not None:
+            batch_size = check_positive_int("batch_size", batch_size)
+        weights = None
+        if sample_weight is not None:
+            weights = self.backend.asarray(check_sample_weight("sample_weight", sample_weight, x.shape[0]),
+                                           self.dtype)
         if self.metric:
             self.metric.adapt(y_host)
-        return self._evaluate_device(x, y_dev)
+        return self._evaluate_device(x, y_dev, weights, batch_size)
 
     def predict(self, X, batch_size=None) -> np.ndarray:
         """Outputs of the network for X (inference mode), as a host NumPy array."""
@@ -265,22 +336,40 @@ class Model:
         return text
 
     # ------------------------------------------------------------------ persistence
-    def save(self, path):
-        """Write weights and architecture to one ``.safetensors`` file, atomically."""
+    def save(self, path, include_optimizer=True):
+        """Write weights and architecture to one ``.safetensors`` file, atomically.
+
+        ``include_optimizer`` also stores what an exact resume needs: the optimizer's
+        state arrays and step count, the generator state and the epochs trained.
+        """
         self._require_loss()
         tensors = {f"layers.{i}.{p.name}": self.backend.to_numpy(p.value)
                    for i, layer in enumerate(self.layers) for p in layer.params()}
-        write_model_file(path, tensors, {
+        metadata = {
             "dtype": self.dtype,
             "layers": json.dumps([{"class": type(l).__name__, "config": l.config()} for l in self.layers]),
             "loss": json.dumps(self.loss.config()),
             "optimizer": json.dumps(self.optimizer.config()),
             "metric": json.dumps(self.metric.config() if self.metric else None),
-        })
+        }
+        if include_optimizer:
+            tensors.update({name: self.backend.to_numpy(array) for name, array in self._optimizer_state()})
+            metadata["training"] = json.dumps({**self.optimizer.training_state(), "epochs": self.epochs_trained,
+                                               "generator": self.rng.bit_generator.state})
+        write_model_file(path, tensors, metadata)
+
+    def _optimizer_state(self):
+        """``(file name, array)`` of every optimizer state array."""
+        return [(f"optimizer.{i}.{p.name}.{state}", p.state[state])
+                for i, layer in enumerate(self.layers) for p in layer.params() for state in p.state]
 
 
 def load_model(path, backend=None) -> Model:
-    """Rebuild a model saved with ``Model.save`` on any backend; never executes file contents."""
+    """Rebuild a model saved with ``Model.save`` on any backend; never executes file contents.
+
+    A file saved with the optimizer state resumes exactly: ``fit`` on the loaded
+    model goes on as the saved run would have.
+    """
     tensors, meta = read_model_file(path)
     where = repr(os.fspath(path))
     try:
@@ -291,21 +380,34 @@ def load_model(path, backend=None) -> Model:
         model.compile(loss=json.loads(meta["loss"])["name"],
                       optimizer=optimizer_from_config(json.loads(meta["optimizer"])),
                       metrics=[metric_from_config(metric)] if metric else [])
+        training = json.loads(meta["training"]) if "training" in meta else None
+        if training is not None:
+            model.optimizer.restore_training_state(training)
+            model.epochs_trained = int(training["epochs"])
+            model.rng.bit_generator.state = training["generator"]
     except (KeyError, TypeError, ValueError) as exc:
         detail = f"missing key {exc}" if isinstance(exc, KeyError) else str(exc)
         raise ModelFileError(f"{where} has invalid model metadata: {detail}") from None
-    expected = {f"layers.{i}.{p.name}": p for i, layer in enumerate(model.layers) for p in layer.params()}
+    expected = {f"layers.{i}.{p.name}": p.value for i, layer in enumerate(model.layers) for p in layer.params()}
+    if training is not None:
+        expected.update(model._optimizer_state())
     missing = sorted(set(expected) - set(tensors))
     extra = sorted(set(tensors) - set(expected))
     if missing or extra:
         raise ModelFileError(f"{where} does not match its architecture: "
                              f"missing tensors {missing}, unexpected tensors {extra}.")
-    for name, p in expected.items():
-        if tensors[name].shape != p.value.shape:
+    for name, array in expected.items():
+        if tensors[name].shape != array.shape:
             raise ModelFileError(f"{where}: tensor {name!r} has shape {tensors[name].shape} "
-                                 f"but the architecture needs {p.value.shape}.")
-        p.value[...] = model.backend.asarray(tensors[name], model.dtype)
+                                 f"but the architecture needs {array.shape}.")
+        array[...] = model.backend.asarray(tensors[name], model.dtype)
     return model
+
+
+def _shares(weights):
+    """Each sample's part of the batch's total weight (all zero when the batch weighs nothing)."""
+    total = weights.sum()
+    return weights / np.maximum(total, np.finfo(weights.dtype).tiny)
 
 
 def _check_backend_type(backend):

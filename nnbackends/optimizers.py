@@ -1,13 +1,16 @@
 """Optimizers with the nnfs book's argument names, defaults and decay schedule.
 
-``decay`` gives the learning rate ``learning_rate / (1 + decay * iterations)``.
-With ``decay=0`` each update equals the ``torch.optim`` update of the same name
+``learning_rate`` is a number or a schedule (``nnbackends.schedules``);
+``decay`` is the shorthand for ``InverseTimeDecay(learning_rate, decay)``,
+the rate ``learning_rate / (1 + decay * iterations)``. ``lr_scale`` multiplies
+the schedule's rate (``ReduceLROnPlateau`` lowers it). With a constant rate each update equals the ``torch.optim`` update of the same name
 (SGD with momentum and no dampening, Adagrad, RMSprop with alpha=rho, Adam).
 The trainer calls ``pre_update()``, then ``update(param)`` for every parameter,
 then ``post_update()``; state arrays live in ``param.state`` and are written in place.
 """
 from __future__ import annotations
 
+from .schedules import Constant, InverseTimeDecay, Schedule, schedule_from_config
 from .validation import check_choice, check_fraction, check_learning_rate, check_nonnegative_float
 
 
@@ -22,10 +25,28 @@ class Optimizer:
     hyperparameters: tuple[str, ...] = ()
 
     def __init__(self, learning_rate, decay=0.0):
-        self.learning_rate = check_learning_rate("learning_rate", learning_rate)
         self.decay = check_nonnegative_float("decay", decay)
-        self.current_learning_rate = self.learning_rate
+        self.learning_rate = learning_rate
+        self.lr_scale = 1.0
         self.iterations = 0
+        self.current_learning_rate = self.schedule(0)
+
+    @property
+    def learning_rate(self):
+        """A number, or the schedule given as the learning rate."""
+        return self._learning_rate
+
+    @learning_rate.setter
+    def learning_rate(self, rate):
+        if isinstance(rate, Schedule):
+            if self.decay:
+                raise ValueError("decay= is the shorthand for schedules.InverseTimeDecay; pass a schedule as "
+                                 "learning_rate or a decay, not both.")
+            self.schedule = rate
+        else:
+            rate = check_learning_rate("learning_rate", rate)
+            self.schedule = InverseTimeDecay(rate, self.decay) if self.decay else Constant(rate)
+        self._learning_rate = rate
 
     def build(self, backend, params):
         """Bind to ``backend`` and allocate zeroed state for every parameter."""
@@ -35,8 +56,14 @@ class Optimizer:
         return self
 
     def pre_update(self):
-        if self.decay:
-            self.current_learning_rate = self.learning_rate / (1.0 + self.decay * self.iterations)
+        self.current_learning_rate = self.schedule(self.iterations) * self.lr_scale
+
+    def training_state(self) -> dict:
+        """What resuming needs besides the state arrays (saved with the model)."""
+        return {"iterations": self.iterations, "lr_scale": self.lr_scale}
+
+    def restore_training_state(self, state: dict):
+        self.iterations, self.lr_scale = int(state["iterations"]), float(state["lr_scale"])
 
     def update(self, param):
         raise NotImplementedError
@@ -46,6 +73,11 @@ class Optimizer:
 
     def config(self) -> dict:
         raise NotImplementedError
+
+    def _rate_config(self):
+        """``learning_rate`` as saved: a number, or a schedule's config."""
+        rate = self.learning_rate
+        return rate.config() if isinstance(rate, Schedule) else rate
 
     def __repr__(self):
         args = ", ".join(f"{k}={v!r}" for k, v in self.config().items() if k != "name")
@@ -67,7 +99,7 @@ class SGD(Optimizer):
                                 self.momentum, param.state.get("velocity"))
 
     def config(self):
-        return {"name": self.name, "learning_rate": self.learning_rate, "decay": self.decay, "momentum": self.momentum}
+        return {"name": self.name, "learning_rate": self._rate_config(), "decay": self.decay, "momentum": self.momentum}
 
 
 class Adagrad(Optimizer):
@@ -85,7 +117,7 @@ class Adagrad(Optimizer):
                                     self.current_learning_rate, self.epsilon)
 
     def config(self):
-        return {"name": self.name, "learning_rate": self.learning_rate, "decay": self.decay, "epsilon": self.epsilon}
+        return {"name": self.name, "learning_rate": self._rate_config(), "decay": self.decay, "epsilon": self.epsilon}
 
 
 class RMSprop(Optimizer):
@@ -104,7 +136,7 @@ class RMSprop(Optimizer):
                                     self.current_learning_rate, self.rho, self.epsilon)
 
     def config(self):
-        return {"name": self.name, "learning_rate": self.learning_rate, "decay": self.decay,
+        return {"name": self.name, "learning_rate": self._rate_config(), "decay": self.decay,
                 "epsilon": self.epsilon, "rho": self.rho}
 
 
@@ -126,7 +158,7 @@ class Adam(Optimizer):
                                  self.iterations + 1)
 
     def config(self):
-        return {"name": self.name, "learning_rate": self.learning_rate, "decay": self.decay,
+        return {"name": self.name, "learning_rate": self._rate_config(), "decay": self.decay,
                 "epsilon": self.epsilon, "beta_1": self.beta_1, "beta_2": self.beta_2}
 
 
@@ -144,4 +176,6 @@ def get_optimizer(optimizer) -> Optimizer:
 
 def optimizer_from_config(config: dict) -> Optimizer:
     config = dict(config)
+    if isinstance(config.get("learning_rate"), dict):
+        config["learning_rate"] = schedule_from_config(config["learning_rate"])
     return OPTIMIZERS[check_choice("optimizer", config.pop("name"), tuple(OPTIMIZERS))](**config)

@@ -1,13 +1,13 @@
 """The training loop of ``Model.fit``, in parts with one job each.
 
-* ``BatchSource``: which rows each step trains on (order, shuffling, gathering).
+* ``BatchSource``: which rows each step trains on (order, shuffling, gathering, each step's share).
 * ``EpochSums``: the epoch's loss, regularization and metric sums, kept on the device.
 * ``diverged``: the error raised when a step was not finite.
 * ``Trainer``: runs epochs of steps, with Ctrl-C deferred to step boundaries
   (``interrupts.deferred_interrupt``), and reports each epoch to the progress
-  display and the ``History``.
+  display, the ``History`` and the callbacks.
 
-A step is ``step(xb, yb) -> (data_loss, accuracy, finite)``: the backend's fused
+A step is ``step(xb, yb[, wb]) -> (data_loss, accuracy, finite)``: the backend's fused
 step or the model's per-layer ``train_step``; the trainer calls the optimizer's
 ``pre_update``/``post_update`` around it.
 """
@@ -18,43 +18,50 @@ import time
 
 import numpy as np
 
+from .callbacks import wants_batches
 from .errors import TrainingDivergedError
 from .history import History
 from .interrupts import deferred_interrupt
 
 
 class BatchSource:
-    """The batches of one epoch of ``(x, y)``, both backend arrays, in order or shuffled by ``rng``."""
+    """The batches of one epoch of ``arrays`` (backend arrays of equal length: features, targets and
+    optionally sample weights), in order or shuffled by ``rng``."""
 
-    def __init__(self, backend, x, y, batch_size, shuffle, rng):
-        self.backend, self.x, self.y, self.rng = backend, x, y, rng
-        self.n = x.shape[0]
+    def __init__(self, backend, arrays, batch_size, shuffle, rng):
+        self.backend, self.arrays, self.rng = backend, tuple(arrays), rng
+        self.n = self.arrays[0].shape[0]
         self.batch_size = self.n if batch_size is None else min(batch_size, self.n)
         self.steps_per_epoch = math.ceil(self.n / self.batch_size)
         self.shuffle = shuffle and self.steps_per_epoch > 1
+        weights = self.arrays[2] if len(self.arrays) > 2 else None
+        self.total_weight = None if weights is None else weights.sum()
 
     def batches(self):
-        """Yield ``(xb, yb)`` for each step of an epoch (a new order each epoch when shuffling)."""
+        """Yield ``(share, batch)`` for each step of an epoch (a new order each epoch when shuffling):
+        ``batch`` a tuple like ``arrays``, ``share`` its part of the epoch's rows or sample weight."""
         order = self.backend.asarray(self.rng.permutation(self.n)) if self.shuffle else None
         for s in range(self.steps_per_epoch):
             rows = slice(s * self.batch_size, (s + 1) * self.batch_size)
             if order is not None:  # gather a batch at a time: no shuffled copy of the whole data
                 rows = order[rows]
-            yield self.x[rows], self.y[rows]
+            batch = tuple(a[rows] for a in self.arrays)
+            if self.total_weight is None:
+                yield batch[0].shape[0] / self.n, batch
+            else:
+                yield batch[2].sum() / self.total_weight, batch
 
 
 class EpochSums:
-    """Sample-weighted sums of the per-step data loss, regularization loss and metric.
+    """Sums of the per-step data loss, regularization loss and metric, each weighted by its step's share.
 
     Terms are added as backend 0-d arrays, so nothing leaves the device until ``logs``.
     """
 
-    def __init__(self, n_samples):
-        self.n = n_samples
+    def __init__(self):
         self.loss = self.regularization = self.accuracy = 0.0
 
-    def add(self, rows, data_loss, regularization=None, accuracy=None):
-        weight = rows / self.n
+    def add(self, weight, data_loss, regularization=None, accuracy=None):
         self.loss = self.loss + data_loss * weight
         if regularization is not None:
             self.regularization = self.regularization + regularization * weight
@@ -88,21 +95,31 @@ class Trainer:
     """One ``fit`` call: trains ``model`` with ``step`` on the batches of ``source``.
 
     ``validation``: device arrays ``(x, y)`` evaluated after each epoch, or None;
-    ``progress``: the display from ``progress.make_progress``.
+    ``progress``: the display from ``progress.make_progress``; ``callbacks``: a list of
+    ``callbacks.Callback``. Epochs given to callbacks count over the model's life
+    (``model.epochs_trained``), so a resumed run goes on counting.
     """
 
-    def __init__(self, model, step, source, progress, validation=None):
+    def __init__(self, model, step, source, progress, validation=None, callbacks=()):
         self.model, self.step, self.source, self.progress = model, step, source, progress
         self.validation = validation
+        self.callbacks = list(callbacks)
+        self.batch_callbacks = [c for c in self.callbacks if wants_batches([c])]
         self.regularized = [p for p in model.params() if p.regularized]
         self.history = History()
 
     def run(self, epochs) -> History:
-        history = self.history
+        model, history = self.model, self.history
+        model.stop_training = False
+        for c in self.callbacks:
+            c.set_model(model)
+            c.on_train_begin()
         start = time.perf_counter()
         # A step that overflows raises TrainingDivergedError; NumPy's warnings would only repeat it.
         with deferred_interrupt() as interrupted, np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             for epoch in range(1, epochs + 1):
+                for c in self.callbacks:
+                    c.on_epoch_begin(model.epochs_trained + 1)
                 sums = self.train_epoch(epoch, interrupted)
                 if sums is not None:
                     self.end_epoch(epoch, sums, time.perf_counter() - start)
@@ -110,25 +127,31 @@ class Trainer:
                     history.interrupted = True
                     self.progress.interrupted(epoch)
                     break
+                if model.stop_training:
+                    break
         self.progress.close()
+        for c in self.callbacks:
+            c.on_train_end()
         return history
 
     def train_epoch(self, epoch, interrupted) -> EpochSums | None:
         """Every step of one epoch; None when Ctrl-C cut it short."""
         model, opt, history = self.model, self.model.optimizer, self.history
-        sums = EpochSums(self.source.n)
+        sums = EpochSums()
         steps = 0
-        for xb, yb in self.source.batches():
+        for share, batch in self.source.batches():
             opt.pre_update()
             reg = model.regularization_loss(self.regularized) if self.regularized else None  # weights before
-            data_loss, accuracy, finite = self.step(xb, yb)
+            data_loss, accuracy, finite = self.step(*batch)
             steps += 1
             if not finite:
                 raise diverged(model, epoch, steps, history, data_loss)
             opt.post_update()
             history.steps += 1
-            sums.add(xb.shape[0], data_loss, reg, accuracy)
-            if interrupted():
+            sums.add(share, data_loss, reg, accuracy)
+            for c in self.batch_callbacks:
+                c.on_batch_end(steps - 1, {"loss": model.backend.to_float(data_loss), "size": batch[0].shape[0]})
+            if interrupted() or model.stop_training:
                 break
         return sums if steps == self.source.steps_per_epoch else None
 
@@ -142,3 +165,6 @@ class Trainer:
         if epoch == 1:
             history.first_epoch_seconds = seconds
         self.progress.epoch_end(epoch, logs)
+        model.epochs_trained += 1
+        for c in self.callbacks:
+            c.on_epoch_end(model.epochs_trained, logs)

@@ -35,6 +35,14 @@ def check_seed(name, value):
     return int(value)
 
 
+def check_nonnegative_int(name, value) -> int:
+    if not _is_int(value):
+        raise TypeError(f"{name} must be an integer >= 0, got {value!r} ({type(value).__name__}).")
+    if value < 0:
+        raise ValueError(f"{name} must be an integer >= 0, got {value}.")
+    return int(value)
+
+
 def check_float(name, value, *, low=None, high=None, low_open=False, high_open=False, what="a finite number") -> float:
     """A finite real number within the given bounds."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
@@ -167,3 +175,44 @@ def _check_finite(name, arr, dtype=None):
             f"{name} holds values up to {largest:g}, beyond the largest {np.dtype(dtype).name} ({limit:g}); "
             f"scale the data or use dtype='float64'."
         )
+
+
+def check_sample_weight(name, weights, n_samples) -> np.ndarray:
+    """One finite, non-negative weight per sample, not all zero, as float64."""
+    arr = _numeric_array(name, weights)
+    if arr.shape != (n_samples,):
+        raise ValueError(f"{name} must hold one weight per sample: expected shape ({n_samples},), got {arr.shape}.")
+    arr = arr.astype(np.float64)
+    if not np.isfinite(arr).all():
+        raise ValueError(f"{name} holds NaN or Inf at index {int(np.argmin(np.isfinite(arr)))}; weights must be finite.")
+    if (arr < 0).any():
+        raise ValueError(f"{name} holds a negative weight at index {int(np.argmax(arr < 0))}; weights must be >= 0.")
+    if not arr.any():
+        raise ValueError(f"{name} is all zero: nothing would be trained; give some samples a positive weight.")
+    return arr
+
+
+def class_weights_as_sample_weights(class_weight, labels, n_classes) -> np.ndarray:
+    """Per-sample weights from a dict ``{class: weight}`` (missing classes weigh 1) and class ``labels``."""
+    if not isinstance(class_weight, dict):
+        raise TypeError(f"class_weight must be a dict from class index to weight, got {type(class_weight).__name__}.")
+    table = np.ones(n_classes)
+    for cls, weight in class_weight.items():
+        if not _is_int(cls) or not 0 <= cls < n_classes:
+            raise ValueError(f"class_weight names class {cls!r}, but the classes are 0..{n_classes - 1}.")
+        table[int(cls)] = check_nonnegative_float(f"class_weight[{cls}]", weight)
+    index = labels if labels.ndim == 1 else labels.argmax(axis=1)
+    return table[index.astype(np.int64)]
+
+
+def split_for_validation(validation_split, *arrays):
+    """``(training parts, validation parts)`` of host ``arrays``: the last ``validation_split`` of the rows."""
+    fraction = check_float("validation_split", validation_split, low=0.0, high=1.0, low_open=True, high_open=True,
+                           what="a fraction in (0, 1)")
+    n = arrays[0].shape[0]
+    cut = int(n * (1.0 - fraction))
+    if cut == 0 or cut == n:
+        raise ValueError(f"validation_split={fraction} of {n} samples leaves "
+                         f"{'no training' if cut == 0 else 'no validation'} samples; choose a fraction "
+                         f"that leaves at least one row on each side.")
+    return tuple(a[:cut] for a in arrays), tuple(a[cut:] for a in arrays)
