@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import csv
-import re
 import json
+import re
 
 import pytest
 
