@@ -161,20 +161,45 @@ def _numeric_array(name, value) -> np.ndarray:
 
 
 def _check_finite(name, arr, dtype=None):
-    """No NaN or Inf in ``arr``, and none once cast to ``dtype`` (when given)."""
-    if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
-        bad = np.argwhere(~np.isfinite(arr))[0]
-        where = ", ".join(map(str, bad))
-        raise ValueError(f"{name} contains NaN or Inf (first at index [{where}]); clean or impute the data first.")
-    if dtype is None or arr.size == 0:
+    """No NaN or Inf in ``arr``, and none once cast to ``dtype`` (when given).
+
+    One pass and no full-size temporary in the usual case: a sum is finite only
+    when every term is, so a finite sum clears the array; a non-finite one (a
+    NaN, an Inf, or finite values whose sum overflows) is looked at block by block.
+    The range is checked only where a cast can overflow (float64 data, float32 model).
+    """
+    if np.issubdtype(arr.dtype, np.floating) and arr.size and not np.isfinite(arr.sum()):
+        bad = _first_nonfinite(arr)
+        if bad is not None:
+            where = ", ".join(map(str, bad))
+            raise ValueError(f"{name} contains NaN or Inf (first at index [{where}]); clean or impute the data first.")
+    if dtype is None or arr.size == 0 or not _cast_can_overflow(arr.dtype, np.dtype(dtype)):
         return
     limit = float(np.finfo(dtype).max)
-    largest = float(np.abs(arr).max())
+    largest = max(float(arr.max()), -float(arr.min()))
     if largest > limit:
         raise ValueError(
             f"{name} holds values up to {largest:g}, beyond the largest {np.dtype(dtype).name} ({limit:g}); "
             f"scale the data or use dtype='float64'."
         )
+
+
+def _cast_can_overflow(source, target) -> bool:
+    """Whether a value of dtype ``source`` can exceed the float dtype ``target``'s range."""
+    largest = np.finfo(source).max if np.issubdtype(source, np.floating) else np.iinfo(source).max
+    return float(largest) > float(np.finfo(target).max)
+
+
+def _first_nonfinite(arr, block_elements=1 << 20):
+    """The index of the first NaN or Inf of ``arr`` (None if there is none), a block of rows at a time."""
+    rows = max(1, block_elements // max(1, arr[0].size if arr.ndim > 1 else 1))
+    for start in range(0, arr.shape[0], rows):
+        bad = np.argwhere(~np.isfinite(arr[start:start + rows]))
+        if bad.size:
+            first = bad[0].copy()
+            first[0] += start
+            return tuple(int(i) for i in first)
+    return None
 
 
 def check_sample_weight(name, weights, n_samples) -> np.ndarray:

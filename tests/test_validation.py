@@ -218,3 +218,31 @@ def test_cli_bad_argument_is_one_line_and_exit_code_2(args):
     for fragment in CLI_CASES[args]:
         assert fragment in lines[0], f"{fragment!r} missing from {lines[0]!r}"
     assert result.stdout == ""
+
+
+def test_finite_data_whose_sum_overflows_is_accepted():
+    """The one-pass check sums the data; a sum that overflows from finite values is not a NaN."""
+    from nnbackends.validation import check_features
+
+    big = np.full((4, 3), np.finfo(np.float32).max / 2, dtype=np.float32)
+    assert check_features("X", big, 3, "float32") is big  # checked in place: no copy
+
+
+def test_the_first_nonfinite_value_is_found_in_a_later_block():
+    from nnbackends.validation import _first_nonfinite
+
+    X = np.zeros((5000, 7))
+    X[4321, 5] = np.inf
+    X[4400, 0] = np.nan
+    assert _first_nonfinite(X, block_elements=700) == (4321, 5)
+    assert _first_nonfinite(np.zeros(10)) is None
+
+
+def test_float64_data_beyond_float32_is_refused_for_a_float32_model():
+    from nnbackends.validation import check_features
+
+    X = np.zeros((3, 2))
+    X[2, 1] = -1e39
+    with pytest.raises(ValueError, match="values up to 1e\\+39, beyond the largest float32"):
+        check_features("X", X, 2, "float32")
+    assert check_features("X", X, 2, "float64") is X
