@@ -168,7 +168,7 @@ def _check_finite(name, arr, dtype=None):
     NaN, an Inf, or finite values whose sum overflows) is looked at block by block.
     The range is checked only where a cast can overflow (float64 data, float32 model).
     """
-    if np.issubdtype(arr.dtype, np.floating) and arr.size and not np.isfinite(arr.sum()):
+    if np.issubdtype(arr.dtype, np.floating) and arr.size and not _finite_sum(arr):
         bad = _first_nonfinite(arr)
         if bad is not None:
             where = ", ".join(map(str, bad))
@@ -182,6 +182,11 @@ def _check_finite(name, arr, dtype=None):
             f"{name} holds values up to {largest:g}, beyond the largest {np.dtype(dtype).name} ({limit:g}); "
             f"scale the data or use dtype='float64'."
         )
+
+
+def _finite_sum(arr) -> bool:
+    with np.errstate(over="ignore", invalid="ignore"):
+        return bool(np.isfinite(arr.sum()))
 
 
 def _cast_can_overflow(source, target) -> bool:
