@@ -5,8 +5,17 @@ generator and sizes drawn by hypothesis. The kernel runs on the backend under
 test in the test's dtype and on the NumPy reference in float64; returned
 arrays and the arrays a kernel writes in place (``inplace``) must agree within
 the dtype's tolerance. A new kernel needs a case here (``test_every_kernel_has_a_case``).
+
+The same cases run again with the arrays a kernel only reads laid out as
+transposed, strided and sliced views (``LAYOUTS``); those arrays, and the
+buffers behind them, must come back unchanged. Every kernel a backend class
+defines itself must keep the signature ``ArrayBackend`` declares.
 """
 from __future__ import annotations
+
+import importlib
+import inspect
+import pkgutil
 
 import numpy as np
 import pytest
@@ -14,7 +23,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import assert_close
-from nnbackends.backends import KERNELS
+from nnbackends import backends as backends_package
+from nnbackends.backends import KERNELS, ArrayBackend, Backend
 
 
 def softmax_rows(z):
@@ -279,3 +289,40 @@ def test_all_finite_on_any_layout(backend, dtype, layout):
         broken = [a.copy() for a in arrays]
         broken[i].flat[1] = np.nan
         assert backend.all_finite(to_device(backend, broken, dtype, layout=LAYOUTS[layout])[0]) is False, i
+
+
+# ---------------------------------------------------------------------- signatures
+# ``Backend`` declares only the plumbing; each kernel's contract and default lives on
+# ``ArrayBackend``, so that is the declaration every override must repeat.
+def package_backend_classes():
+    """Every ``Backend`` subclass defined in ``nnbackends.backends`` other than ``ArrayBackend``."""
+    for module in pkgutil.iter_modules(backends_package.__path__):
+        try:
+            importlib.import_module(f"{backends_package.__name__}.{module.name}")
+        except ImportError:  # its optional library (numba) is missing here: its backend cannot run either
+            continue
+    found, todo = [], [Backend]
+    while todo:
+        for sub in todo.pop().__subclasses__():
+            todo.append(sub)
+            if sub.__module__.startswith(backends_package.__name__ + ".") and sub is not ArrayBackend:
+                found.append(sub)
+    return sorted(set(found), key=lambda c: c.__qualname__)
+
+
+def parameters(function):
+    """Names, kinds and defaults of a function's parameters (annotations aside)."""
+    return [(p.name, p.kind, p.default) for p in inspect.signature(function).parameters.values()]
+
+
+def test_array_backend_declares_every_kernel():
+    assert [k for k in KERNELS if not callable(vars(ArrayBackend).get(k))] == []
+
+
+@pytest.mark.parametrize("cls", package_backend_classes(), ids=lambda c: c.__name__)
+def test_kernel_overrides_keep_the_declared_signature(cls):
+    """Each kernel a backend class defines itself takes the parameters ``ArrayBackend`` declares."""
+    differ = [f"{k}{inspect.signature(vars(cls)[k])} (declared: {k}{inspect.signature(vars(ArrayBackend)[k])})"
+              for k in KERNELS if k in vars(cls)
+              and parameters(vars(cls)[k]) != parameters(vars(ArrayBackend)[k])]
+    assert not differ, f"{cls.__name__} overrides with other signatures: " + "; ".join(differ)
