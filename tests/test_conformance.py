@@ -111,7 +111,9 @@ def to_device(backend, args, dtype, inplace=(), layout=contiguous):
     Float arrays go over in ``dtype``, integer arrays (labels) as they are. An array
     the kernel only reads is sent as ``layout``'s buffer and passed as its view of
     that buffer (see ``LAYOUTS``); the arrays at the ``inplace`` positions are sent as
-    they are. Returns ``(arguments, {position: buffer})`` for the arrays only read.
+    they are. Every buffer is a copy: where backend arrays are NumPy arrays, a kernel
+    would otherwise write into the case's own arrays, and a later run (the reference's)
+    would start from them. Returns ``(arguments, {position: buffer})`` for the arrays only read.
     """
     dev, buffers = [], {}
     for i, a in enumerate(args):
@@ -119,7 +121,7 @@ def to_device(backend, args, dtype, inplace=(), layout=contiguous):
             dev.append(a)
             continue
         buffer, view = (contiguous if i in inplace else layout)(a)
-        buffer = backend.asarray(buffer, dtype if a.dtype.kind == "f" else None)
+        buffer = backend.asarray(buffer.copy(), dtype if a.dtype.kind == "f" else None)
         if i not in inplace:
             buffers[i] = buffer
         dev.append(view(buffer))
