@@ -17,6 +17,10 @@ Conventions shared by every kernel:
   device; ``to_float`` pulls one to the host.
 * Optimizer updates write in place into ``param`` and their state arrays and
   return nothing. Learning rates and other hyperparameters are Python floats.
+* Arrays a kernel writes in place (optimizer parameters and state,
+  ``regularization_backward``'s ``dw``) are C-contiguous, as layers allocate
+  them; an array a kernel only reads may be any view (transposed, strided,
+  sliced) and is never written.
 """
 from __future__ import annotations
 

@@ -30,6 +30,11 @@ def _flat(a):
     return a.reshape(-1)
 
 
+def _flat_in(a):
+    """A flat C-order view of an array a kernel only reads (a contiguous copy when it has other strides)."""
+    return np.ascontiguousarray(a).reshape(-1)
+
+
 class NumbaBackend(ArrayBackend):
     """ArrayBackend plumbing (allocation, transfers) with every numeric kernel its own ``@njit`` code."""
 
@@ -116,7 +121,7 @@ class NumbaBackend(ArrayBackend):
 
     def regularization_backward(self, w, dw, l1, l2):
         if l1 or l2:
-            K.regularization_backward(_flat(w), _flat(dw), float(l1), float(l2))
+            K.regularization_backward(_flat_in(w), _flat(dw), float(l1), float(l2))
 
     # ------------------------------------------------------------------ dropout
     def dropout_mask(self, shape, rate, rng, dtype):
@@ -131,18 +136,18 @@ class NumbaBackend(ArrayBackend):
     # ------------------------------------------------------------------ optimizers
     def sgd_update(self, param, grad, lr, momentum=0.0, velocity=None):
         if velocity is None:
-            K.sgd_update(_flat(param), _flat(grad), float(lr))
+            K.sgd_update(_flat(param), _flat_in(grad), float(lr))
         else:
-            K.sgd_momentum_update(_flat(param), _flat(grad), _flat(velocity), float(lr), float(momentum))
+            K.sgd_momentum_update(_flat(param), _flat_in(grad), _flat(velocity), float(lr), float(momentum))
 
     def adagrad_update(self, param, grad, cache, lr, epsilon):
-        K.adagrad_update(_flat(param), _flat(grad), _flat(cache), float(lr), float(epsilon))
+        K.adagrad_update(_flat(param), _flat_in(grad), _flat(cache), float(lr), float(epsilon))
 
     def rmsprop_update(self, param, grad, cache, lr, rho, epsilon):
-        K.rmsprop_update(_flat(param), _flat(grad), _flat(cache), float(lr), float(rho), float(epsilon))
+        K.rmsprop_update(_flat(param), _flat_in(grad), _flat(cache), float(lr), float(rho), float(epsilon))
 
     def adam_update(self, param, grad, m, v, lr, beta_1, beta_2, epsilon, step):
-        K.adam_update(_flat(param), _flat(grad), _flat(m), _flat(v), float(lr), float(beta_1), float(beta_2),
+        K.adam_update(_flat(param), _flat_in(grad), _flat(m), _flat(v), float(lr), float(beta_1), float(beta_2),
                       float(epsilon), int(step))
 
     # ------------------------------------------------------------------ metrics
@@ -160,7 +165,7 @@ class NumbaBackend(ArrayBackend):
         return np.float64(K.regression_accuracy(p, y, float(precision)))
 
     def all_finite(self, arrays) -> bool:
-        return all(bool(K.all_finite(np.ascontiguousarray(a).reshape(-1))) for a in arrays)
+        return all(bool(K.all_finite(_flat_in(a))) for a in arrays)
 
     # ------------------------------------------------------------------ compiled code
     def fused_step(self, model):
