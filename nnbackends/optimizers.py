@@ -58,6 +58,10 @@ class Optimizer:
     def pre_update(self):
         self.current_learning_rate = self.schedule(self.iterations) * self.lr_scale
 
+    def rates(self, count):
+        """The learning rates of the next ``count`` steps (what ``pre_update`` sets before each)."""
+        return self.schedule.rates(self.iterations, count) * self.lr_scale
+
     def training_state(self) -> dict:
         """What resuming needs besides the state arrays (saved with the model)."""
         return {"iterations": self.iterations, "lr_scale": self.lr_scale}

@@ -10,6 +10,8 @@ from __future__ import annotations
 import bisect
 import math
 
+import numpy as np
+
 from .validation import (check_choice, check_float, check_learning_rate, check_nonnegative_float,
                          check_nonnegative_int, check_positive_int)
 
@@ -19,6 +21,10 @@ class Schedule:
 
     def __call__(self, step: int) -> float:
         raise NotImplementedError
+
+    def rates(self, first: int, count: int) -> np.ndarray:
+        """The rates of steps ``first`` to ``first + count - 1``, as float64."""
+        return np.array([self(step) for step in range(first, first + count)], dtype=np.float64)
 
     def config(self) -> dict:
         return {"name": self.name, **vars(self)}
@@ -117,6 +123,9 @@ class Constant(Schedule):
 
     def __call__(self, step):
         return self.learning_rate
+
+    def rates(self, first, count):
+        return np.full(count, self.learning_rate)
 
 
 SCHEDULES = {cls.name: cls for cls in (Constant, InverseTimeDecay, StepDecay, ExponentialDecay, CosineDecay,

@@ -22,6 +22,7 @@ from .callbacks import wants_batches
 from .errors import TrainingDivergedError
 from .history import History
 from .interrupts import deferred_interrupt
+from .optimizers import Optimizer
 
 
 class BatchSource:
@@ -37,6 +38,19 @@ class BatchSource:
         weights = self.arrays[2] if len(self.arrays) > 2 else None
         self.total_weight = None if weights is None else weights.sum()
 
+    def orders(self, epochs):
+        """The row orders of the next ``epochs`` epochs, shape (epochs, n), or an empty array when
+        not shuffling (the generator is drawn from exactly as ``batches`` draws from it)."""
+        if not self.shuffle:
+            return np.empty((0, 0), np.int64)
+        return np.stack([self.rng.permutation(self.n) for _ in range(epochs)])
+
+    def shares(self) -> np.ndarray:
+        """Each step's part of an epoch's rows."""
+        rows = np.full(self.steps_per_epoch, self.batch_size)
+        rows[-1] = self.n - self.batch_size * (self.steps_per_epoch - 1)
+        return rows / self.n
+
     def batches(self):
         """Yield ``(share, batch)`` for each step of an epoch (a new order each epoch when shuffling):
         ``batch`` a tuple like ``arrays``, ``share`` its part of the epoch's rows or sample weight."""
@@ -50,6 +64,25 @@ class BatchSource:
                 yield batch[0].shape[0] / self.n, batch
             else:
                 yield batch[2].sum() / self.total_weight, batch
+
+
+class RunLength:
+    """How many epochs the next run takes: runs grow while they are short and shrink when long,
+    so that Ctrl-C is seen within about ``longest`` seconds and each run's order arrays stay small."""
+
+    def __init__(self, shortest=0.02, longest=0.1, max_rows=1 << 22):
+        self.shortest, self.longest, self.max_rows = shortest, longest, max_rows
+        self.epochs, self.last = 1, 0.0
+
+    def next(self, remaining, rows_per_epoch) -> int:
+        return max(1, min(self.epochs, remaining, self.max_rows // max(1, rows_per_epoch)))
+
+    def done(self, elapsed):
+        seconds, self.last = elapsed - self.last, elapsed
+        if seconds < self.shortest:
+            self.epochs *= 2
+        elif seconds > self.longest and self.epochs > 1:
+            self.epochs //= 2
 
 
 class EpochSums:
@@ -114,18 +147,27 @@ class Trainer:
         for c in self.callbacks:
             c.set_model(model)
             c.on_train_begin()
-        start = time.perf_counter()
+        runs = RunLength() if self.runs_epochs() else None
+        self.start = time.perf_counter()
         # A step that overflows raises TrainingDivergedError; NumPy's warnings would only repeat it.
         with deferred_interrupt() as interrupted, np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-            for epoch in range(1, epochs + 1):
-                for c in self.callbacks:
-                    c.on_epoch_begin(model.epochs_trained + 1)
-                sums = self.train_epoch(epoch, interrupted)
-                if sums is not None:
-                    self.end_epoch(epoch, sums, time.perf_counter() - start)
+            epoch = 1
+            while epoch <= epochs:
+                if runs is None:
+                    for c in self.callbacks:
+                        c.on_epoch_begin(model.epochs_trained + 1)
+                    sums = self.train_epoch(epoch, interrupted)
+                    if sums is not None:
+                        self.end_epoch(epoch, sums)
+                    epoch += 1
+                else:
+                    count = runs.next(epochs - epoch + 1, self.source.n)
+                    self.train_run(epoch, count)
+                    epoch += count
+                    runs.done(time.perf_counter() - self.start)
                 if interrupted():
                     history.interrupted = True
-                    self.progress.interrupted(epoch)
+                    self.progress.interrupted(epoch - 1 if runs else epoch)
                     break
                 if model.stop_training:
                     break
@@ -133,6 +175,35 @@ class Trainer:
         for c in self.callbacks:
             c.on_train_end()
         return history
+
+    def runs_epochs(self) -> bool:
+        """Whether whole epochs go to the step in one call: it can (``step.run``) and nothing needs
+        Python between its steps or epochs (no callbacks, no validation, an optimizer whose
+        ``pre_update`` and ``post_update`` are the base class's)."""
+        opt = type(self.model.optimizer)
+        hooks = opt.pre_update is Optimizer.pre_update and opt.post_update is Optimizer.post_update
+        return hasattr(self.step, "run") and hooks and not self.callbacks and self.validation is None
+
+    def train_run(self, first_epoch, count):
+        """``count`` epochs in one call of ``step.run``; each completed epoch is reported as usual."""
+        model, opt, source = self.model, self.model.optimizer, self.source
+        steps = source.steps_per_epoch
+        rates = opt.rates(count * steps)
+        done, losses, accs, regs = self.step.run(*source.arrays[:2], source.orders(count), source.batch_size,
+                                                 rates)
+        opt.iterations += done
+        opt.current_learning_rate = float(rates[min(done, rates.size - 1)])
+        self.history.steps += done
+        shares = source.shares()
+        for e in range(done // steps):
+            part = slice(e * steps, (e + 1) * steps)
+            sums = EpochSums()
+            sums.loss, sums.accuracy = float(losses[part] @ shares), float(accs[part] @ shares)
+            sums.regularization = float(regs[part] @ shares) if self.regularized else 0.0
+            self.end_epoch(first_epoch + e, sums)
+        if done < rates.size:
+            epoch, step = first_epoch + done // steps, done % steps + 1
+            raise diverged(model, epoch, step, self.history, losses[done])
 
     def train_epoch(self, epoch, interrupted) -> EpochSums | None:
         """Every step of one epoch; None when Ctrl-C cut it short."""
@@ -155,8 +226,9 @@ class Trainer:
                 break
         return sums if steps == self.source.steps_per_epoch else None
 
-    def end_epoch(self, epoch, sums, seconds):
+    def end_epoch(self, epoch, sums):
         model, history = self.model, self.history
+        seconds = time.perf_counter() - self.start
         logs = sums.logs(model.backend, model.metric is not None)
         if self.validation is not None:
             logs.update({"val_" + k: v for k, v in model._evaluate_device(*self.validation).items()})

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from nnbackends import Model, TrainingDivergedError, datasets
+from nnbackends.callbacks import Callback
 from nnbackends.backends import KERNELS, get_backend, unavailable_reason
 from nnbackends.layers import Dense, Dropout, ReLU, Softmax
 from nnbackends.optimizers import SGD, Adagrad, Adam, RMSprop
@@ -277,14 +278,18 @@ def test_the_pass_chosen_on_the_first_batch_is_kept(monkeypatch):
     from nnbackends.backends import numba_kernels
 
     calls = []
-    for name in ("loops_step", "blas_step"):
+    for name in ("loops_step", "blas_step", "loops_run", "blas_run"):
         def counted(*args, _step=getattr(numba_kernels, name), _name=name):
             calls.append(_name)
             return _step(*args)
         monkeypatch.setattr(numba_kernels, name, counted)
     X, y = datasets.spiral_data(100, 3)
-    spiral_model().fit(X, y, epochs=1, batch_size=128, shuffle=False, verbose=0)  # batches of 128, 128 and 44
+    # batches of 128, 128 and 44, a step at a time (a callback keeps the trainer between steps) ...
+    spiral_model().fit(X, y, epochs=1, batch_size=128, shuffle=False, verbose=0, callbacks=[Callback()])
     assert calls == ["loops_step"] * 3
+    calls.clear()  # ... and as one run of the whole epoch
+    spiral_model().fit(X, y, epochs=1, batch_size=128, shuffle=False, verbose=0)
+    assert calls == ["loops_run"]
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf])

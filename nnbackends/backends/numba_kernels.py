@@ -1030,3 +1030,71 @@ def blas_step(x, y, mode, P, G, S1, S2, offsets, widths, H, D, tmp, codes, alpha
     """One whole training step on ``blas_pass``; returns ``(data_loss, accuracy, finite)``."""
     loss, acc = blas_pass(x, y, mode, P, G, offsets, widths, H, D, tmp, codes, alphas, precision)
     return update_if_finite(loss, acc, P, G, S1, S2, offsets, regs, opt, hyper, step)
+
+
+# ====================================================================== runs: many steps per call
+@inline
+def run_batch(X, Y, orders, epoch, lo, hi, xb, yb):
+    """Rows ``lo:hi`` of an epoch: X's own rows when ``orders`` is empty (no shuffling), else the
+    rows ``orders[epoch, lo:hi]`` gathered into the buffers ``xb`` and ``yb``."""
+    if orders.shape[0] == 0:
+        return X[lo:hi], Y[lo:hi]
+    for i in range(hi - lo):
+        r = orders[epoch, lo + i]
+        xb[i] = X[r]
+        yb[i] = Y[r]
+    return xb[:hi - lo], yb[:hi - lo]
+
+
+@inline
+def flat_regularization_loss(P, offsets, regs):
+    """The regularization loss of the flat parameters (0 when none is regularized)."""
+    total = 0.0
+    for i in range(regs.shape[0]):
+        l1, l2 = regs[i, 0], regs[i, 1]
+        if l1 or l2:
+            total += regularization_loss(P[offsets[i]:offsets[i + 1]], l1, l2)
+    return total
+
+
+@inline
+def run_bounds(n, batch, k):
+    """``(epoch, lo, hi)`` of step ``k`` of a run of whole epochs of ``n`` rows in batches of ``batch``."""
+    steps = (n + batch - 1) // batch
+    epoch, s = k // steps, k % steps
+    return epoch, s * batch, min(n, (s + 1) * batch)
+
+
+# Two entry points, as for the steps, so that a model compiles only the pass it runs.
+@jit
+def loops_run(X, Y, orders, batch, lrs, first_step, losses, accs, reg_losses, xb, yb, mode, P, G, S1, S2,
+              offsets, widths, xT, H, D, rows, tmp, codes, alphas, precision, regs, opt, hyper):
+    """``lrs.size`` steps of ``loops_step`` over whole epochs; each step's data loss, accuracy and the
+    regularization loss before it go to ``losses``, ``accs``, ``reg_losses``. Returns the number
+    of steps applied: fewer than asked when a step was not finite (that step's loss is recorded)."""
+    for k in range(lrs.size):
+        epoch, lo, hi = run_bounds(X.shape[0], batch, k)
+        x, y = run_batch(X, Y, orders, epoch, lo, hi, xb, yb)
+        hyper[0] = lrs[k]
+        reg_losses[k] = flat_regularization_loss(P, offsets, regs)
+        losses[k], accs[k], finite = loops_step(x, y, mode, P, G, S1, S2, offsets, widths, xT, H, D, rows, tmp,
+                                                codes, alphas, precision, regs, opt, hyper, first_step + k)
+        if not finite:
+            return k
+    return lrs.size
+
+
+@jit
+def blas_run(X, Y, orders, batch, lrs, first_step, losses, accs, reg_losses, xb, yb, mode, P, G, S1, S2,
+             offsets, widths, H, D, tmp, codes, alphas, precision, regs, opt, hyper):
+    """``loops_run`` on ``blas_step``."""
+    for k in range(lrs.size):
+        epoch, lo, hi = run_bounds(X.shape[0], batch, k)
+        x, y = run_batch(X, Y, orders, epoch, lo, hi, xb, yb)
+        hyper[0] = lrs[k]
+        reg_losses[k] = flat_regularization_loss(P, offsets, regs)
+        losses[k], accs[k], finite = blas_step(x, y, mode, P, G, S1, S2, offsets, widths, H, D, tmp,
+                                               codes, alphas, precision, regs, opt, hyper, first_step + k)
+        if not finite:
+            return k
+    return lrs.size

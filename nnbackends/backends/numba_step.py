@@ -112,41 +112,76 @@ class FusedStep:
                 self.rows = np.empty((size, self.widths[-1]), self.dtype)
             self.capacity = size
 
-    def __call__(self, x, y):
-        model = self.model
-        opt = model.optimizer
+    def _prepare(self, x, rows):
+        """``x`` as the kernels take it, with the pass chosen and buffers for batches of ``rows``."""
         if self.blas is None:
-            self.blas = runs_on_blas(self.widths, x.shape[0])
-        if x.shape[0] > self.capacity:
-            self._buffers(x.shape[0])
-        if not x.flags.c_contiguous:
-            x = np.ascontiguousarray(x)
-        metric = model.metric
-        precision = float(getattr(metric, "precision", None) or 0.0)
+            self.blas = runs_on_blas(self.widths, rows)
+        if rows > self.capacity:
+            self._buffers(rows)
+        opt = self.model.optimizer
         names = self.hyper_names
         self.hyper[:len(names) + 1] = [opt.current_learning_rate, *(getattr(opt, name) for name in names)]
-        head = (x, y, self.mode, self.P, self.G, self.S1, self.S2, self.offsets, self.widths)
-        tail = (self.codes, self.alphas, precision, self.regs, self.opt_code, self.hyper, opt.iterations + 1)
-        if self.blas:
-            loss, acc, finite = K.blas_step(*head, self.H, self.D, self.tmp, *tail)
-        else:
-            loss, acc, finite = K.loops_step(*head, self.xT, self.H, self.D, self.rows, self.tmp, *tail)
+        return x if x.flags.c_contiguous else np.ascontiguousarray(x)
+
+    def _work(self):
+        """The pass's work buffers, as its kernels take them after ``widths``."""
+        return (self.H, self.D, self.tmp) if self.blas else (self.xT, self.H, self.D, self.rows, self.tmp)
+
+    def _settings(self):
+        """The arguments the kernels take after the work buffers, up to ``hyper``."""
+        precision = float(getattr(self.model.metric, "precision", None) or 0.0)
+        return self.codes, self.alphas, precision, self.regs, self.opt_code, self.hyper
+
+    def __call__(self, x, y):
+        x = self._prepare(x, x.shape[0])
+        state = (self.mode, self.P, self.G, self.S1, self.S2, self.offsets, self.widths)
+        kernel = K.blas_step if self.blas else K.loops_step
+        loss, acc, finite = kernel(x, y, *state, *self._work(), *self._settings(),
+                                   self.model.optimizer.iterations + 1)
         t = self.dtype.type
-        return t(loss), (None if metric is None else np.float64(acc)), bool(finite)
+        return t(loss), (None if self.model.metric is None else np.float64(acc)), bool(finite)
+
+    def run(self, x, y, orders, batch_size, rates):
+        """Steps over whole epochs in one compiled call (see ``trainer.Trainer``).
+
+        ``orders``: each epoch's row order, shape (epochs, n), or an empty array for
+        rows in order; ``rates``: the learning rate of each step. Returns ``(done,
+        losses, accuracies, regularization_losses)``, one entry per step asked for:
+        ``done < rates.size`` when step ``done`` was not finite (it was not applied).
+        """
+        x = self._prepare(x, batch_size)
+        count = rates.size
+        losses, accs, reg_losses = np.zeros(count), np.zeros(count), np.zeros(count)
+        rows = batch_size if orders.size else 0
+        xb, yb = np.empty((rows, *x.shape[1:]), x.dtype), np.empty((rows, *y.shape[1:]), y.dtype)
+        state = (self.mode, self.P, self.G, self.S1, self.S2, self.offsets, self.widths)
+        kernel = K.blas_run if self.blas else K.loops_run
+        done = kernel(x, y, orders, batch_size, rates, self.model.optimizer.iterations + 1, losses, accs,
+                      reg_losses, xb, yb, *state, *self._work(), *self._settings())
+        losses = losses.astype(self.dtype).astype(np.float64)  # as the single step reports them
+        return int(done), losses, accs, reg_losses
 
 
 def warm_step(dtype):
-    """Compile the step for ``dtype``, both passes, labels and float targets."""
+    """Compile the step and the run for ``dtype``: both passes, labels and float targets, runs in order
+    and shuffled."""
     r = np.random.default_rng(0)
     widths = np.array([4, 4, 4], dtype=np.int64)
     offsets = np.array([0, 16, 20, 36, 40], dtype=np.int64)
     P = r.standard_normal(40).astype(dtype)
     ints = np.zeros(2, np.int64)
     x = r.standard_normal((4, 4)).astype(dtype)
-    tail = (ints, ints * 0.0, 0.1, np.zeros((4, 2)), K.ADAM, np.array([1e-9, 0.9, 0.999, 1e-7]), 1)
+    settings = (ints, ints * 0.0, 0.1, np.zeros((4, 2)), K.ADAM, np.array([1e-9, 0.9, 0.999, 1e-7]))
+    size = K.PAD_COLS
+    passes = ((K.blas_step, K.blas_run, lambda: (np.empty(32, dtype), np.empty(32, dtype), np.empty(4, dtype))),
+              (K.loops_step, K.loops_run, lambda: (np.empty((4, size), dtype), np.empty(8 * size, dtype),
+                                                   np.empty(8 * size, dtype), np.empty((size, 4), dtype),
+                                                   np.empty(size, dtype))))
     for mode, y in ((K.SOFTMAX_CCE, np.array([0, 1, 2, 3])), (K.LINEAR_MSE, x.copy())):
-        head = (x, y, mode, P.copy(), P.copy(), P.copy(), P.copy(), offsets, widths)
-        K.blas_step(*head, np.empty(32, dtype), np.empty(32, dtype), np.empty(4, dtype), *tail)
-        size = K.PAD_COLS
-        K.loops_step(*head, np.empty((4, size), dtype), np.empty(8 * size, dtype), np.empty(8 * size, dtype),
-                     np.empty((size, 4), dtype), np.empty(size, dtype), *tail)
+        for step, run, work in passes:
+            state = (mode, P.copy(), P.copy(), P.copy(), P.copy(), offsets, widths)
+            step(x, y, *state, *work(), *settings, 1)
+            for orders, rows in ((np.empty((0, 0), np.int64), 0), (np.array([[3, 1, 0, 2]]), 4)):
+                out = np.zeros(2), np.zeros(2), np.zeros(2)
+                buffers = np.empty((rows, 4), dtype), np.empty((rows, *y.shape[1:]), y.dtype)
+                run(x, y, orders, 2, np.full(2, 1e-9), 1, *out, *buffers, *state, *work(), *settings)
