@@ -210,9 +210,10 @@ def load_torch_state_dict(model, state) -> None:
     hint = ("Names are '{i}.weight' and '{i}.bias' with i the layer's index in model.layers: build the "
             "torch.nn.Sequential with one module per layer, activations and Dropout included.")
 
-    def layer_text(i):
-        return f"layer {i} is {model.layers[i]!r}" if 0 <= i < len(model.layers) else \
-            f"the model has {len(model.layers)} layers"
+    def why_not(i, kind):
+        if i >= len(model.layers):
+            return f" (there is no layer {i}: the model has {len(model.layers)} layers)"
+        return f" (layer {i} is {model.layers[i]!r}, which has no {kind})"
 
     def order(name):  # layer index first, weight before bias; names of another form last
         match = re.fullmatch(r"(\d+)\.(weight|bias)", name)
@@ -225,7 +226,7 @@ def load_torch_state_dict(model, state) -> None:
                              f"{model.layers[i]!r}. {hint}")
         if name not in shapes:
             match = re.fullmatch(r"(\d+)\.(weight|bias)", name)
-            where = f" ({layer_text(int(match[1]))}, which has no {match[2]})" if match else ""
+            where = why_not(int(match[1]), match[2]) if match else ""
             raise ValueError(f"The state dict has {name!r}{where}, which the model has no parameter for. {hint}")
         value = _to_numpy(name, arrays[name])
         shape, i, layer = shapes[name]
