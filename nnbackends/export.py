@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -106,7 +107,7 @@ def onnx_model(model, opset=None):
     onnx = _import_onnx()
     from onnx import TensorProto, helper, numpy_helper
 
-    opset = DEFAULT_OPSET if opset is None else _check_opset(opset)
+    opset = _check_opset(DEFAULT_OPSET if opset is None else opset)  # an old onnx may lack the default
     _check_layers(model, "ONNX")
     dtype = np.dtype(model.dtype)
     elem = TensorProto.DOUBLE if dtype == np.float64 else TensorProto.FLOAT
@@ -205,8 +206,11 @@ def load_torch_state_dict(model, state) -> None:
     otherwise a ``ValueError`` names the first mismatch and nothing is copied.
     Optimizer state is left as it is (``model.compile`` resets it).
     """
+    if not isinstance(state, Mapping):
+        raise TypeError(f"state must be a mapping of names to tensors or arrays (a state dict), got "
+                        f"{type(state).__name__}; for a .safetensors file use load_torch_state_dict_file.")
     shapes = _parameter_shapes(model, "a PyTorch state dict")
-    arrays = {str(k): v for k, v in dict(state).items()}
+    arrays = {str(k): v for k, v in state.items()}
     hint = ("Names are '{i}.weight' and '{i}.bias' with i the layer's index in model.layers: build the "
             "torch.nn.Sequential with one module per layer, activations and Dropout included.")
 

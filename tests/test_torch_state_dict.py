@@ -151,6 +151,11 @@ def test_a_state_dict_that_does_not_fit_names_the_first_mismatch_and_changes_not
         np.testing.assert_array_equal(old, new)
 
 
+def test_a_path_is_not_a_state_dict(tmp_path):
+    with pytest.raises(TypeError, match="for a .safetensors file use load_torch_state_dict_file"):
+        load_torch_state_dict(make_model(ReLU), str(tmp_path / "w.safetensors"))
+
+
 def test_round_trip_through_a_file_without_torch(tmp_path):
     import safetensors.numpy
 
