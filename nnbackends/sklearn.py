@@ -42,7 +42,7 @@ from .optimizers import OPTIMIZERS, optimizer_from_config
 from .validation import check_choice
 
 #: Hidden activations by name; "logistic" and "identity" are MLPClassifier's names for two of them.
-HIDDEN_ACTIVATIONS = ("relu", "leaky_relu", "sigmoid", "tanh", "linear", "logistic", "identity")
+ESTIMATOR_ACTIVATIONS = ("relu", "leaky_relu", "sigmoid", "tanh", "linear", "logistic", "identity")
 _ALIASES = {"logistic": "sigmoid", "identity": "linear"}
 _PLAIN_FORMAT = "nnbackends.sklearn/1"
 
@@ -111,7 +111,7 @@ class _NNEstimator(BaseEstimator):
         return OPTIMIZERS[name](**settings)
 
     def _build(self, n_inputs, n_outputs):
-        act = check_choice("activation", self.activation, HIDDEN_ACTIVATIONS)
+        act = check_choice("activation", self.activation, ESTIMATOR_ACTIVATIONS)
         act = _ALIASES.get(act, act)
         optimizer = self._make_optimizer()  # checks its settings before any weights are drawn
         model = Model(backend=self.backend, seed=self._seed(), dtype=self.dtype)

@@ -211,3 +211,16 @@ def test_cli_export_errors_are_one_line(saved, args, fragments):
     for fragment in fragments:
         assert fragment in lines[0], lines[0]
     assert not (folder / "m.onnx").exists()
+
+
+def test_a_fitted_estimators_model_exports(tmp_path):
+    pytest.importorskip("sklearn", reason='needs scikit-learn: pip install "nnbackends[sklearn]"')
+    from nnbackends.sklearn import NNClassifier
+
+    X = inputs(200)
+    y = np.where(X[:, 0] + X[:, 1] > 0, "up", "down")
+    clf = NNClassifier(hidden_layer_sizes=(8,), epochs=30, learning_rate=0.01, backend="numpy", random_state=0)
+    clf.fit(X, y)
+    (p,) = session(to_onnx(clf.model_, tmp_path / "clf.onnx")).run(None, {"input": X.astype(np.float32)})
+    np.testing.assert_array_equal(clf.classes_[p.argmax(axis=1)], clf.predict(X))
+    np.testing.assert_allclose(p, clf.predict_proba(X), rtol=1e-5, atol=1e-5)
