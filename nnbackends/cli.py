@@ -1,4 +1,4 @@
-"""Command line: ``nnbackends train | eval | predict | info | bench`` (a thin layer over the Python API).
+"""Command line: ``nnbackends train | eval | predict | export | info | bench`` (a thin layer over the Python API).
 
 Bad arguments end in one line on stderr and exit code 2, never a traceback.
 """
@@ -11,7 +11,7 @@ import sys
 
 import numpy as np
 
-from . import bench, cli_training, data_files, datasets, model_files
+from . import bench, cli_training, data_files, datasets, export_command, model_files
 from .backends import ENV_VAR
 from .errors import BackendUnavailableError, ModelFileError, TrainingDivergedError
 from .layers import ACTIVATIONS, Dense, Dropout, Linear, Softmax, activation
@@ -408,6 +408,7 @@ def make_parser() -> argparse.ArgumentParser:
     add_train_parser(sub)
     add_eval_parser(sub)
     add_predict_parser(sub)
+    export_command.add_parser(sub)
     add_info_parser(sub)
     bench.add_parser(sub)
     return parser

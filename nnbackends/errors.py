@@ -26,3 +26,8 @@ class TrainingDivergedError(FloatingPointError):
 
 class ModelFileError(ValueError):
     """A model file is not a valid nnbackends safetensors file."""
+
+
+class ExportError(ValueError):
+    """A model cannot be written in a target format (ONNX, a PyTorch state dict): a layer the
+    target cannot express, or a target version the installed libraries do not support."""

@@ -17,7 +17,8 @@ from .backends import ENV_VAR, KERNELS, get_backend, registered_backends, resolv
 #: Distributions reported with their versions (alternatives: the first installed one is shown).
 DEPENDENCIES = (
     ("numpy",), ("numba",), ("llvmlite",), ("scipy",), ("cupy-cuda12x", "cupy-cuda13x", "cupy"),
-    ("matplotlib",), ("tqdm",), ("threadpoolctl",), ("scikit-learn",), ("torch",),
+    ("matplotlib",), ("tqdm",), ("threadpoolctl",), ("scikit-learn",), ("torch",), ("onnx",), ("onnxruntime",),
+    ("safetensors",),
 )
 
 
