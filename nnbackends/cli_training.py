@@ -15,10 +15,10 @@ def add_arguments(parser, positive_int, nonnegative_float):
                    help="learning-rate schedule instead of --decay: step (x --lr-gamma every --lr-step-size "
                         "steps), exponential (x --lr-gamma every step), cosine (to --lr-final over "
                         "--lr-decay-steps, default: the whole run) (default: none)")
-    g.add_argument("--lr-step-size", type=positive_int, default=None, help="step schedule: steps per decay")
+    g.add_argument("--lr-step-size", type=positive_int, default=None, help="step schedule: steps per decay (required by it)")
     g.add_argument("--lr-gamma", type=nonnegative_float, default=None,
-                   help="step/exponential schedule: the factor, in (0, 1]")
-    g.add_argument("--lr-decay-steps", type=positive_int, default=None, help="cosine schedule: steps of decay")
+                   help="step/exponential schedule: the factor, in (0, 1] (required by them)")
+    g.add_argument("--lr-decay-steps", type=positive_int, default=None, help="cosine schedule: steps of decay (default: the run's steps after the warm-up)")
     g.add_argument("--lr-final", type=nonnegative_float, default=0.0, help="cosine schedule: final rate (default: 0)")
     g.add_argument("--warmup-steps", type=int, default=0,
                    help="cosine schedule: linear warm-up steps from 0 (default: 0)")
@@ -28,10 +28,10 @@ def add_arguments(parser, positive_int, nonnegative_float):
     g.add_argument("--checkpoint", metavar="PATH", default=None,
                    help="save the best model so far (by val_loss, else loss) to PATH after each epoch that "
                         "improves it; {epoch} in PATH is replaced by the epoch (default: off)")
-    g.add_argument("--csv-log", metavar="PATH", default=None, help="write each epoch's metrics to a CSV file")
+    g.add_argument("--csv-log", metavar="PATH", default=None, help="write each epoch's metrics to a CSV file (default: none)")
     g.add_argument("--resume", metavar="MODEL", default=None,
                    help="go on training a model saved with --save (its optimizer state and epoch count "
-                        "included); the network options are taken from the file")
+                        "included); the network options are taken from the file (default: a new model)")
 
 
 def make_schedule(args, learning_rate, total_steps):
