@@ -2,7 +2,9 @@
 
 Layout (https://github.com/huggingface/safetensors): an 8-byte little-endian
 header length, a JSON header naming each tensor's dtype, shape and byte range,
-then the raw little-endian tensor bytes. Our header's ``__metadata__`` holds
+then the raw little-endian tensor bytes. The ``safetensors`` package encodes and
+decodes the files; this module checks a header before the package reads it, so
+that a bad file gets a ``ModelFileError`` saying what is wrong with it. Our header's ``__metadata__`` holds
 the architecture and compile settings as JSON strings; what they mean is the
 model's business (``Model.save``, ``load_model``), this module only checks
 that a file says it is a model file of a version it reads.
@@ -16,6 +18,8 @@ import struct
 import tempfile
 
 import numpy as np
+import safetensors
+import safetensors.numpy as safetensors_numpy
 
 from .errors import ModelFileError
 
@@ -29,21 +33,15 @@ _CODES = {v: k for k, v in _DTYPES.items()}
 
 # ---------------------------------------------------------------------- raw format
 def write_safetensors(path, tensors: dict[str, np.ndarray], metadata: dict[str, str]) -> None:
-    """Write ``tensors`` to ``path`` atomically: a failure leaves an existing file intact."""
-    header, blobs, offset = {"__metadata__": metadata}, [], 0
+    """Write ``tensors`` to ``path`` with the safetensors package, atomically: a failure leaves an
+    existing file intact."""
+    arrays = {}
     for name, array in tensors.items():
         array = np.ascontiguousarray(array)
-        array = array.astype(array.dtype.newbyteorder("<"), copy=False)
-        code = _CODES.get(array.dtype)
-        if code is None:
+        if array.dtype.newbyteorder("<") not in _CODES:
             raise TypeError(f"Cannot save tensor {name!r} of dtype {array.dtype}.")
-        blob = array.tobytes()
-        header[name] = {"dtype": code, "shape": list(array.shape), "data_offsets": [offset, offset + len(blob)]}
-        blobs.append(blob)
-        offset += len(blob)
-    head = json.dumps(header, separators=(",", ":")).encode()
-    head += b" " * (-len(head) % 8)
-    atomic_write(path, [struct.pack("<Q", len(head)), head, *blobs])
+        arrays[name] = array.astype(array.dtype.newbyteorder("<"), copy=False)
+    atomic_write(path, [safetensors_numpy.save(arrays, metadata=metadata)])
 
 
 def atomic_write(path, chunks) -> None:
@@ -103,7 +101,6 @@ def read_safetensors(path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
         raise ModelFileError(f"{where}: its header is not a JSON object.")
     metadata = header.pop("__metadata__", None) or {}
     buffer = memoryview(data)[8 + n:]
-    tensors = {}
     for name, info in header.items():
         try:
             dtype = _DTYPES[info["dtype"]]
@@ -116,7 +113,10 @@ def read_safetensors(path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
                 f"{where}: tensor {name!r} needs bytes {begin}..{end} of a {len(buffer)}-byte data section "
                 f"for shape {shape} (truncated or corrupt)."
             )
-        tensors[name] = np.frombuffer(buffer[begin:end], dtype=dtype).reshape(shape).copy()
+    try:
+        tensors = safetensors_numpy.load(data)
+    except safetensors.SafetensorError as exc:  # what the checks above do not name (overlapping tensors, ...)
+        raise ModelFileError(f"{where}: {exc}.") from None
     return tensors, metadata
 
 

@@ -228,3 +228,19 @@ def test_killed_writer_leaves_the_previous_file_intact(tmp_path, where):
     first = nb.Model(backend="numpy", seed=0)
     first.add(Dense(2, 300)).add(ReLU()).add(Dense(300, 3)).add(Softmax())
     assert_same_weights(loaded.get_weights(), first.get_weights())
+
+
+def test_files_are_the_safetensors_packages_format(tmp_path):
+    """A model file loads with safetensors.numpy, and a file safetensors writes itself loads here."""
+    safetensors_numpy = pytest.importorskip("safetensors.numpy")
+    X, y = nb.datasets.spiral_data(20, 3)
+    model = nb.Model(backend="numpy", seed=0)
+    model.add(nb.layers.Dense(2, 4)).add(nb.layers.Softmax())
+    model.compile(optimizer="sgd").fit(X, y, epochs=2, verbose=0)
+    model.save(tmp_path / "ours.safetensors")
+    theirs = safetensors_numpy.load_file(tmp_path / "ours.safetensors")
+    assert [theirs["layers.0.W"].tobytes(), theirs["layers.0.b"].tobytes()] == [w.tobytes() for w in model.get_weights()]
+    _, metadata = read_safetensors(tmp_path / "ours.safetensors")
+    safetensors_numpy.save_file(theirs, tmp_path / "theirs.safetensors", metadata=metadata)
+    again = nb.load_model(tmp_path / "theirs.safetensors")
+    assert [w.tobytes() for w in again.get_weights()] == [w.tobytes() for w in model.get_weights()]
