@@ -19,7 +19,7 @@ import tempfile
 
 import numpy as np
 import safetensors
-import safetensors.numpy as safetensors_numpy
+from safetensors.numpy import load as decode_tensors, save as encode_tensors
 
 from .errors import ModelFileError
 
@@ -41,7 +41,7 @@ def write_safetensors(path, tensors: dict[str, np.ndarray], metadata: dict[str, 
         if array.dtype.newbyteorder("<") not in _CODES:
             raise TypeError(f"Cannot save tensor {name!r} of dtype {array.dtype}.")
         arrays[name] = array.astype(array.dtype.newbyteorder("<"), copy=False)
-    atomic_write(path, [safetensors_numpy.save(arrays, metadata=metadata)])
+    atomic_write(path, [encode_tensors(arrays, metadata=metadata)])
 
 
 def atomic_write(path, chunks) -> None:
@@ -114,7 +114,7 @@ def read_safetensors(path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
                 f"for shape {shape} (truncated or corrupt)."
             )
     try:
-        tensors = safetensors_numpy.load(data)
+        tensors = decode_tensors(data)
     except safetensors.SafetensorError as exc:  # what the checks above do not name (overlapping tensors, ...)
         raise ModelFileError(f"{where}: {exc}.") from None
     return tensors, metadata
