@@ -244,3 +244,13 @@ def test_files_are_the_safetensors_packages_format(tmp_path):
     safetensors_numpy.save_file(theirs, tmp_path / "theirs.safetensors", metadata=metadata)
     again = nb.load_model(tmp_path / "theirs.safetensors")
     assert [w.tobytes() for w in again.get_weights()] == [w.tobytes() for w in model.get_weights()]
+
+
+def test_a_header_the_package_refuses_is_a_model_file_error(tmp_path):
+    """Two tensors on the same bytes pass the per-tensor checks; the safetensors package refuses them."""
+    head = json.dumps({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+                       "b": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}).encode()
+    path = tmp_path / "overlap.safetensors"
+    path.write_bytes(struct.pack("<Q", len(head)) + head + bytes(8))
+    with pytest.raises(ModelFileError, match="is not a valid safetensors file"):
+        read_safetensors(path)
