@@ -68,9 +68,10 @@ class BatchSource:
 
 class RunLength:
     """How many epochs the next run takes: runs grow while they are short and shrink when long,
-    so that Ctrl-C is seen within about ``longest`` seconds and each run's order arrays stay small."""
+    so that Ctrl-C is seen within about ``longest`` seconds; a run's row orders (``max_rows``
+    int64 entries, 128 KiB) stay small, so a long fit uses no more memory than a short one."""
 
-    def __init__(self, shortest=0.02, longest=0.1, max_rows=1 << 22):
+    def __init__(self, shortest=0.02, longest=0.1, max_rows=1 << 14):
         self.shortest, self.longest, self.max_rows = shortest, longest, max_rows
         self.epochs, self.last = 1, 0.0
 

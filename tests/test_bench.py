@@ -202,3 +202,54 @@ def test_cases_on_one_thread_pool_take_rounds_in_turn_and_other_pools_run_apart(
     times = measure(cases, repeats=3, min_round_s=0.0)  # no calibration calls: one call per round
     assert log == ["numba", "numpy"] * 3 + ["torch"] * 3
     assert all(times[id(c)] == [0.001] * 3 for c in cases)
+
+
+def test_each_pool_block_starts_after_a_rest(monkeypatch):
+    """The previous pool's threads get ``idle_s`` to stop spinning before the next pool's block."""
+    from nnbackends.bench import runner
+
+    events = []
+    monkeypatch.setattr(runner.time, "sleep", lambda s: events.append(("rest", s)))
+
+    class Fake:
+        def __init__(self, name, pool):
+            self.name, self.pool = name, pool
+
+        def timed_run(self, number):
+            events.append(self.name)
+            return number, 0.001
+
+    runner.measure([Fake("numpy", "blas"), Fake("torch", "torch")], repeats=2, min_round_s=0.0, idle_s=0.5)
+    assert events == [("rest", 0.5), "numpy", "numpy", ("rest", 0.5), "torch", "torch"]
+
+
+def test_user_view_rows_and_ratios(report):
+    """Training rows with a user view report the wall clock of one fit of a new model, and its ratios."""
+    for r in rows(report, workload="mnist-shaped"):
+        assert r["user_rows"] > 0 and r["user_samples_per_s"] == pytest.approx(r["user_rows"] / r["user_fit_s"])
+        if r["backend"] != "numpy":
+            numpy_row = rows(report, workload="mnist-shaped", backend="numpy")[0]
+            assert r["user_speedup_vs_numpy"] == pytest.approx(numpy_row["user_fit_s"] / r["user_fit_s"])
+    assert all("user_fit_s" not in r for r in rows(report, workload="spiral"))
+
+
+def test_peer_check_agreement_names_rows_beyond_ten_percent():
+    from nnbackends.bench.peer_check import agreement
+    from nnbackends.bench.report import _peer_check_lines
+
+    results = [{"backend": "torch", "suite": "train", "workload": w, "median_s": m}
+               for w, m in (("spiral", 1.05), ("digits", 1.5))] + \
+              [{"backend": "numba", "suite": "train", "workload": "spiral", "median_s": 0.1}]
+    check = agreement(results, {"spiral": 1.0, "digits": 1.0})
+    assert [(c["workload"], round(c["ratio"], 2), c["agrees"]) for c in check] == \
+        [("spiral", 1.05, True), ("digits", 1.5, False)]
+    (line,) = _peer_check_lines(check)
+    assert "digits 1.50x (DISAGREES)" in line and "NOT all within 10%" in line
+
+
+def test_the_pytorch_alone_check_runs_in_the_report(report):
+    if bench.torch_unavailable_reason() is not None:
+        pytest.skip("PyTorch is not installed")
+    check = report["torch_alone"]
+    assert isinstance(check, list) and {c["workload"] for c in check} == {"spiral", "mnist-shaped"}
+    assert all(c["alone_median_s"] > 0 for c in check)

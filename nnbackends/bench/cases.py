@@ -37,6 +37,7 @@ class Workload:
     optimizer: str
     optimizer_args: dict = field(default_factory=dict)
     hidden: str = "relu"  # key of layers.ACTIVATIONS
+    user_rows: int | None = None  # rows of the user-view fit (one fit of a new model, shuffled), if timed
 
     def make_optimizer(self):
         return OPTIMIZERS[self.optimizer](**self.optimizer_args)
@@ -61,9 +62,9 @@ WORKLOADS = {w.name: w for w in (
     Workload("digits", "scikit-learn digits, 1,797 samples", "digits", (64, 128, 10), 32,
              "adam", {"learning_rate": 0.001}),
     Workload("mnist-shaped", "60,000 random MNIST-shaped samples", "mnist-shaped", (784, 256, 256, 10), 128,
-             "sgd", {"learning_rate": 0.01, "momentum": 0.9}),
+             "sgd", {"learning_rate": 0.01, "momentum": 0.9}, user_rows=12_800),
     Workload("big-batch", "the mnist-shaped job at batch 4096 (BLAS-bound)", "mnist-shaped",
-             (784, 256, 256, 10), 4096, "sgd", {"learning_rate": 0.01, "momentum": 0.9}),
+             (784, 256, 256, 10), 4096, "sgd", {"learning_rate": 0.01, "momentum": 0.9}, user_rows=32_768),
 )}
 
 
@@ -167,6 +168,18 @@ class TrainCase(Case):
     def run(self, number):
         return self.timed_run(number)[0]
 
+    def user_rows(self) -> int | None:
+        return None if self.w.user_rows is None else min(self.w.user_rows, len(self.X))
+
+    def user_fit(self) -> float:
+        """Seconds of one ``fit`` of a new model over ``user_rows`` shuffled rows: what a user times
+        (data checks, moving the data, building the step and gathering batches included)."""
+        rows = self.user_rows()
+        model = self.w.build(get_backend(self.backend), self.dtype, seed=1)
+        start = time.perf_counter()
+        model.fit(self.X[:rows], self.y[:rows], epochs=1, batch_size=self.batch, shuffle=True, verbose=0)
+        return time.perf_counter() - start
+
     def timed_run(self, number):
         """Steps done and the time of ``fit``'s training loop (``history.seconds``): the steady
         state, without the checking and moving of the data that each ``fit`` call does once."""
@@ -191,9 +204,17 @@ class TorchTrainCase(TrainCase):
         if self.device == "cpu":
             torch.set_num_threads(self.threads or os.cpu_count() or 1)
         self.torch = torch
-        reference = self.w.build("numpy", self.dtype)  # same seed: same initial weights
-        self.cost = step_cost(reference, self.batch)
-        weights = reference.get_weights()
+        self.cost = step_cost(self.w.build("numpy", self.dtype), self.batch)
+        self.net, self.opt = self._new_net()
+        self.lr, self.decay = self.w.optimizer_args["learning_rate"], self.w.optimizer_args.get("decay", 0.0)
+        self.iterations = 0
+        self.xt = torch.from_numpy(self.X.astype(self.dtype, copy=False)).to(self.device)
+        self.yt = torch.from_numpy(self.y.astype(np.int64)).to(self.device)
+
+    def _new_net(self):
+        """The network and optimizer with the workload's initial weights (a fresh copy each call)."""
+        torch = self.torch
+        weights = self.w.build("numpy", self.dtype).get_weights()  # same seed: same initial weights
         modules = []
         for i in range(0, len(weights), 2):
             linear = torch.nn.Linear(*weights[i].shape)
@@ -201,16 +222,28 @@ class TorchTrainCase(TrainCase):
                 linear.weight.copy_(torch.from_numpy(weights[i].T.copy()))
                 linear.bias.copy_(torch.from_numpy(weights[i + 1]))
             modules += [linear, getattr(torch.nn, TORCH_ACTIVATIONS[self.w.hidden])()]
-        self.net = torch.nn.Sequential(*modules[:-1]).to(self.device, getattr(torch, self.dtype))
+        net = torch.nn.Sequential(*modules[:-1]).to(self.device, getattr(torch, self.dtype))
         args = dict(self.w.optimizer_args)
-        self.lr, self.decay = args.pop("learning_rate"), args.pop("decay", 0.0)
+        lr = args.pop("learning_rate")
+        args.pop("decay", None)
         if self.w.optimizer == "adam":
-            self.opt = torch.optim.Adam(self.net.parameters(), lr=self.lr, eps=1e-7)
-        else:
-            self.opt = torch.optim.SGD(self.net.parameters(), lr=self.lr, **args)
-        self.iterations = 0
-        self.xt = torch.from_numpy(self.X.astype(self.dtype, copy=False)).to(self.device)
-        self.yt = torch.from_numpy(self.y.astype(np.int64)).to(self.device)
+            return net, torch.optim.Adam(net.parameters(), lr=lr, eps=1e-7)
+        return net, torch.optim.SGD(net.parameters(), lr=lr, **args)
+
+    def user_fit(self) -> float:
+        """A plain PyTorch loop over ``randperm`` batches of ``user_rows`` rows, timed as a user would."""
+        torch, b, rows = self.torch, self.batch, self.user_rows()
+        net, opt = self._new_net()
+        start = time.perf_counter()
+        xt = torch.from_numpy(self.X[:rows].astype(self.dtype, copy=False)).to(self.device)
+        yt = torch.from_numpy(self.y[:rows].astype(np.int64)).to(self.device)
+        for idx in torch.randperm(rows, device=self.device).split(b):
+            loss = torch.nn.functional.cross_entropy(net(xt[idx]), yt[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        float(loss)  # waits for the device
+        return time.perf_counter() - start
 
     def run(self, number):
         torch, b = self.torch, self.batch

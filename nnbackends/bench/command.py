@@ -34,6 +34,9 @@ def add_parser(sub):
     p.add_argument("--smoke", action="store_true", help="tiny sizes, one round: checks the suite runs (default: off)")
     p.add_argument("--threads", type=int, default=None,
                    help="threads for BLAS, Numba and PyTorch (default: each library's own, as many as cores)")
+    p.add_argument("--no-peer-check", action="store_true",
+                   help="skip timing PyTorch again alone in a process of its own (default: timed when it "
+                        "runs beside other backends)")
     p.add_argument("--json", metavar="PATH", help="write every figure, the machine and versions as JSON (default: no file)")
     p.add_argument("--plot", metavar="PATH", help="draw speed-up against problem size, needs matplotlib (default: no plot)")
     p.add_argument("--compare", metavar="OLD.json", help="show what changed since an earlier --json run (default: no comparison)")
@@ -54,7 +57,8 @@ def cmd_bench(args) -> int:
                          f"{', '.join([*WORKLOADS, *BENCH_KERNELS])}.")
     if args.threads is not None:
         check_positive_int("--threads", args.threads)
-    plan = Plan(args.suite, _names(args.backends), workloads, args.dtype, args.quick, args.smoke, args.threads)
+    plan = Plan(args.suite, _names(args.backends), workloads, args.dtype, args.quick, args.smoke, args.threads,
+                peer_check=not args.no_peer_check)
     report = run(plan, progress=lambda text: print(text, file=sys.stderr, flush=True))
     print(format_table(report))
     if old is not None:

@@ -33,20 +33,42 @@ def _table(header, rows) -> str:
 def format_table(report) -> str:
     """The human-readable table of a report (what ``nnbackends bench`` prints)."""
     header = ["suite", "work", "size", "backend", "median", "rate", "vs numpy", "vs torch",
-              "GFLOP/s", "% peak", "first call"]
+              "GFLOP/s", "% peak", "first call", "user fit", "vs numpy", "vs torch"]
     rows = [[r["suite"], r["workload"], r["size"], r["backend"], format_seconds(r["median_s"]),
              f"{_si(r['rate'])} {r['rate_unit']}", _ratio(r["speedup_vs_numpy"]), _ratio(r["speedup_vs_torch"]),
-             f"{r['gflops_per_s']:.3g}", f"{r['percent_peak']:.1f}", format_seconds(r["first_call_s"])]
+             f"{r['gflops_per_s']:.3g}", f"{r['percent_peak']:.1f}", format_seconds(r["first_call_s"]),
+             *_user_view(r)]
             for r in report["results"]]
     peak = report["peak"]
     lines = [_table(header, rows), "",
+             "user fit: one fit of a new model over the first rows, shuffled, wall clock (samples/s); "
+             "PyTorch: a plain loop over randperm batches",
              f"peak: {peak['gflops_per_s']:.1f} GFLOP/s float32 (fastest NumPy {peak['sgemm_n']}² matmul, same run); "
              f"dtype {report['plan']['dtype']}; {report['machine']['cpu_count']} cores, "
              f"threads {report['plan']['threads'] or 'default'}; {report['created']}"]
+    lines += _peer_check_lines(report.get("torch_alone"))
     lines += [f"warm-up {key}: {format_seconds(s)}" for key, s in report["warmup_s"].items() if s > 1e-3]
     lines += [f"{name}: not available: {reason}" for name, reason in report["unavailable"].items()]
     lines += [f"{e['backend']} failed on {e['work']}: {e['error']}" for e in report["errors"]]
     return "\n".join(lines)
+
+
+def _user_view(r) -> list[str]:
+    if "user_fit_s" not in r:
+        return ["-", "-", "-"]
+    return [f"{_si(r['user_samples_per_s'])} samples/s", _ratio(r.get("user_speedup_vs_numpy")),
+            _ratio(r.get("user_speedup_vs_torch"))]
+
+
+def _peer_check_lines(check) -> list[str]:
+    """What the PyTorch-alone check found (see ``peer_check``)."""
+    if check is None:
+        return []
+    if "error" in check:
+        return [f"PyTorch alone: not timed ({check['error']})"]
+    cells = [f"{c['workload']} {c['ratio']:.2f}x{'' if c['agrees'] else ' (DISAGREES)'}" for c in check]
+    verdict = "all within 10%" if all(c["agrees"] for c in check) else "NOT all within 10%"
+    return [f"PyTorch rows / PyTorch alone in its own process: {', '.join(cells)}: {verdict}"]
 
 
 def row_key(r):

@@ -15,6 +15,7 @@ import numpy as np
 from ..backends import get_backend, registered_backends, unavailable_reason
 from .cases import (BENCH_KERNELS, KERNEL_SIZES, PEERS, QUICK_SIZES, TORCH, TORCH_INSTALL, WARMUP_SECONDS,
                     WORKLOADS, KernelCase, TorchTrainCase, TrainCase)
+from .peer_check import agreement, torch_alone
 
 
 SCHEMA = 1
@@ -29,6 +30,7 @@ class Plan:
     quick: bool = False
     smoke: bool = False  # tiny sizes, one round: checks the suite runs, figures mean nothing
     threads: int | None = None  # None: every library's default (as many as cores)
+    peer_check: bool = True  # time PyTorch again in a process of its own (``peer_check``)
 
     @property
     def repeats(self):
@@ -37,6 +39,11 @@ class Plan:
     @property
     def min_round_s(self):
         return 0.0 if self.smoke else 0.03 if self.quick else 0.1
+
+    @property
+    def idle_s(self):
+        """The pause that lets the previous pool's threads stop spinning before a block of rounds."""
+        return 0.0 if self.smoke else 0.5
 
     def backend_names(self):
         return list(self.backends) if self.backends else [*registered_backends(), *PEERS]
@@ -50,6 +57,7 @@ class Plan:
         parts += ["--quick"] if self.quick else []
         parts += ["--smoke"] if self.smoke else []
         parts += [f"--threads {self.threads}"] if self.threads else []
+        parts += [] if self.peer_check else ["--no-peer-check"]
         return " ".join(parts)
 
     def wanted(self, name):
@@ -104,20 +112,27 @@ def calibrate(case, min_round_s) -> int:
     return number
 
 
-def measure(cases, repeats, min_round_s) -> dict:
+def blocks(cases, idle_s):
+    """The cases by thread pool, each pool's block after ``idle_s`` seconds of rest (the previous
+    pool's threads stop spinning), in the order the pools first appear."""
+    for pool in dict.fromkeys(c.pool for c in cases):
+        time.sleep(idle_s)
+        yield [c for c in cases if c.pool == pool]
+
+
+def measure(cases, repeats, min_round_s, idle_s=0.0) -> dict:
     """Per case the per-call times of ``repeats`` rounds.
 
     Cases whose work runs on one thread pool (``Case.pool``: NumPy and Numba share
     OpenBLAS's) take their rounds in turn, round k of each, then round k+1: a
     shared machine's speed drifts for seconds at a time, and taking turns lets
     that drift weigh on each of them alike, so the ratios between them hold.
-    Cases on another pool run in a block of their own after a calibration, which
-    also lets the previous pool's spinning threads go idle (taking turns across
-    pools made each slow the other).
+    Cases on another pool run in a block of their own, after a rest of ``idle_s``
+    and a calibration, so that the previous pool's spinning threads are idle
+    (taking turns across pools made each slow the other).
     """
     times = {id(c): [] for c in cases}
-    for pool in dict.fromkeys(c.pool for c in cases):
-        group = [c for c in cases if c.pool == pool]
+    for group in blocks(cases, idle_s):
         numbers = [calibrate(c, min_round_s) for c in group]
         for _ in range(repeats):
             for c, number in zip(group, numbers):
@@ -126,7 +141,17 @@ def measure(cases, repeats, min_round_s) -> dict:
     return times
 
 
-def summarize(case, per_call, dtype) -> dict:
+def measure_user_view(cases, repeats, idle_s=0.0) -> dict:
+    """Per training case with a user view, the seconds of ``repeats`` user-view fits (pools as in ``measure``)."""
+    times = {id(c): [] for c in cases}
+    for group in blocks([c for c in cases if getattr(c, "user_rows", lambda: None)()], idle_s):
+        for _ in range(repeats):
+            for c in group:
+                times[id(c)].append(c.user_fit())
+    return {key: value for key, value in times.items() if value}
+
+
+def summarize(case, per_call, dtype, user_fits=None) -> dict:
     """The figures of one case from its per-call times (``percent_peak`` comes later)."""
     median = statistics.median(per_call)
     q = statistics.quantiles(per_call, n=4) if len(per_call) > 1 else [median] * 3
@@ -140,6 +165,10 @@ def summarize(case, per_call, dtype) -> dict:
         "gflops_per_s": case.cost.flops / median / 1e9, "gbytes_per_s": case.cost.bytes / median / 1e9,
         "first_call_s": case.first_call_s,
     }
+    if user_fits:
+        result["user_fit_s"] = statistics.median(user_fits)
+        result["user_rows"] = case.user_rows()
+        result["user_samples_per_s"] = case.user_rows() / result["user_fit_s"]
     if case.suite == "train":
         result["batch_size"] = case.batch
         result["rate_unit"] = "samples/s" if case.w.batch_size else "steps/s"
@@ -157,13 +186,17 @@ def add_ratios(results, peak):
     """
     by_work = {}
     for r in results:
-        by_work.setdefault((r["suite"], r["workload"], r["size"]), {})[r["backend"]] = r["median_s"]
+        by_work.setdefault((r["suite"], r["workload"], r["size"]), {})[r["backend"]] = r
     for r in results:
         r["percent_peak"] = 100.0 * r["gflops_per_s"] / peak["gflops_per_s"]
         peers = by_work[(r["suite"], r["workload"], r["size"])]
         r["torch_peer"] = TORCH if r["device"] == "cpu" else "torch-cuda"
         for key, peer in (("numpy", "numpy"), ("torch", r["torch_peer"])):
-            r[f"speedup_vs_{key}"] = peers[peer] / r["median_s"] if peer in peers else None
+            other = peers.get(peer)
+            r[f"speedup_vs_{key}"] = other["median_s"] / r["median_s"] if other else None
+            if "user_fit_s" in r:
+                r[f"user_speedup_vs_{key}"] = other["user_fit_s"] / r["user_fit_s"] \
+                    if other and "user_fit_s" in other else None
     return results
 
 
@@ -265,9 +298,16 @@ def _run(plan, names, reasons, progress):
             except Exception as exc:  # one backend failing must not hide the others' figures
                 errors.append({"work": title, "backend": case.backend, "error": f"{type(exc).__name__}: {exc}"})
                 say(f"  {case.backend} failed: {type(exc).__name__}: {exc}")
-        times = measure(ready, plan.repeats, plan.min_round_s)
-        results += [summarize(c, times[id(c)], plan.dtype) for c in ready]
+        times = measure(ready, plan.repeats, plan.min_round_s, plan.idle_s)
+        user = measure_user_view(ready, 1 if plan.smoke else 3 if plan.quick else 5, plan.idle_s)
+        results += [summarize(c, times[id(c)], plan.dtype, user.get(id(c))) for c in ready]
     peak = max(peak, measure_peak(plan.quick, plan.smoke), key=lambda p: p["gflops_per_s"])
+    torch_rows = [r["workload"] for r in results if r["backend"] == TORCH and r["suite"] == "train"]
+    check = None
+    if plan.peer_check and torch_rows and len({r["backend"] for r in results}) > 1:
+        say("timing PyTorch again, alone in a process of its own ...")
+        alone = torch_alone(plan, torch_rows)
+        check = alone if "error" in alone else agreement(results, alone)
     versions = {name: get_backend(name).describe() for name in runnable if name not in PEERS}
     for peer in PEERS:
         if peer in runnable:
@@ -282,7 +322,8 @@ def _run(plan, names, reasons, progress):
         "machine": machine_info(), "backends": versions,
         "warmup_s": {f"{b}/{d}": s for (b, d), s in WARMUP_SECONDS.items() if b in runnable},
         "unavailable": {n: r for n, r in reasons.items() if r}, "errors": errors,
-        "peak": peak, "results": add_ratios(results, peak), "seconds": time.perf_counter() - start,
+        "peak": peak, "results": add_ratios(results, peak), "torch_alone": check,
+        "seconds": time.perf_counter() - start,
     }
 
 
