@@ -242,7 +242,7 @@ class TorchTrainCase(TrainCase):
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-        float(loss)  # waits for the device
+        float(loss.detach())  # waits for the device
         return time.perf_counter() - start
 
     def run(self, number):
