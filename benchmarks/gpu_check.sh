@@ -25,8 +25,8 @@ EOF
 stage "install without dependencies (no build isolation: nothing is downloaded)"
 python3 -m pip install --quiet --no-deps --no-build-isolation . || status=1
 (cd /tmp && python3 -c "
-import nnbackends, nnbackends.backends.cupy_backend as cb
-assert '__global__' in cb.kernel_source(), 'the installed package lacks its CUDA source'
+import nnbackends, nnbackends.backends.cupy_device as cd
+assert '__global__' in cd.kernel_source(), 'the installed package lacks its CUDA source'
 print('installed', nnbackends.__file__, '- CUDA source shipped')") || status=1
 
 stage "gpu-marked tests (conformance, equivalence and test_cupy for the cupy backend)"

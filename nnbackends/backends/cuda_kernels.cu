@@ -1,8 +1,8 @@
 // Device kernels of the nnbackends CuPy backend.
 //
 // NVRTC compiles this file once per float type, with -DREAL=float or
-// -DREAL=double (cupy_backend.compile_options). Every kernel is extern "C" so
-// the backend finds it by name; cupy_backend.KERNEL_NAMES lists them and a
+// -DREAL=double (cupy_device.compile_options). Every kernel is extern "C" so
+// the backend finds it by name; cupy_device.CUDA_FUNCTIONS lists them and a
 // test checks that the two lists agree. Element counts are long long, row and
 // column counts int. Arrays are C-contiguous.
 //
@@ -17,12 +17,12 @@ typedef REAL real;
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < (n);    \
          i += (long long)blockDim.x * gridDim.x)
 
-// Threads of the one block that runs a reduction (cupy_backend.REDUCE_THREADS).
+// Threads of the one block that runs a reduction (cupy_device.REDUCE_THREADS).
 #define REDUCE_THREADS 512
 // Probability clipping of the cross-entropy losses (base.CLIP).
 #define CLIP 1e-7
 
-// Activation codes (cupy_backend.ACTIVATIONS).
+// Activation codes (cupy_device.ACTIVATION_CODES).
 enum { LINEAR = 0, RELU = 1, LEAKY_RELU = 2, SIGMOID = 3, TANH = 4 };
 
 // ------------------------------------------------------------------ helpers
