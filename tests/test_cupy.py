@@ -185,6 +185,9 @@ def test_every_launch_matches_its_kernel_signature():
     for dtype in DTYPES:
         be.dropout_mask((5, 3), 0.5, np.random.default_rng(0), dtype)
         be.all_finite([be.asarray(np.ones(3), dtype)])
+        big = be.asarray(np.ones((5000, 3)), dtype)
+        be.mse_loss(big, big)  # a reduction over several blocks, then finish_mean
+        be.dense_forward(*(be.asarray(np.ones(s), dtype) for s in ((1, 4), (4, 1), (1,))))  # a 1x1 product
         for opt in (Adam(0.01), SGD(0.1), SGD(0.1, momentum=0.9)):
             X, y = spiral_data(20, 3)
             spiral_model(be, dtype, (ReLU, LeakyReLU, Sigmoid, Tanh, Linear), opt).fit(X, y, epochs=2, verbose=0)
@@ -294,9 +297,10 @@ def _fresh_registry(monkeypatch):
     monkeypatch.setattr(registry, "_failures", {})
 
 
-def _fake_cupy(device_count=None, error=None, context_error=None):
+def _fake_cupy(device_count=None, error=None, context_error=None, nvrtc_error=None):
     """A module that looks like CuPy to the probe: ``error`` is raised by the device count,
-    ``context_error`` when the probe creates a context on the device."""
+    ``context_error`` when the probe creates a context on the device, ``nvrtc_error`` when it
+    compiles its probe kernel (``compiled`` records the source and options it compiles)."""
     def count():
         if error:
             raise error
@@ -307,12 +311,20 @@ def _fake_cupy(device_count=None, error=None, context_error=None):
             raise context_error
         return 80 << 30, 80 << 30
 
+    compiled = []
+
+    def compile_program(program, options):
+        if nvrtc_error:
+            raise nvrtc_error
+        compiled.append((program, tuple(options)))
+
     cuda = types.SimpleNamespace(
         runtime=types.SimpleNamespace(getDeviceCount=count, memGetInfo=memory),
         Device=lambda: types.SimpleNamespace(compute_capability="90"),
-        nvrtc=types.SimpleNamespace(getVersion=lambda: (12, 9)),
+        nvrtc=types.SimpleNamespace(getVersion=lambda: (12, 9), createProgram=lambda src, name, h, i: src,
+                                    compileProgram=compile_program, destroyProgram=lambda program: None),
     )
-    return types.SimpleNamespace(__version__="99.0", cuda=cuda)
+    return types.SimpleNamespace(__version__="99.0", cuda=cuda, compiled=compiled)
 
 
 def test_missing_cupy_says_how_to_install(monkeypatch):

@@ -1,10 +1,12 @@
 """What the CuPy backend needs from the machine: CuPy, a CUDA device, and our kernels compiled for it.
 
-* ``import_cupy`` imports CuPy and probes a device, raising
-  ``BackendUnavailableError`` that says what is missing.
+* ``import_cupy`` imports CuPy, probes a device and compiles a probe kernel
+  with NVRTC, raising ``BackendUnavailableError`` that says what is missing.
 * ``kernel_source``/``compile_options``: the CUDA source of ``cuda_kernels.cu``
   and the NVRTC options it is compiled with, once per float type;
   ``CUDA_FUNCTIONS`` names every function it defines.
+* ``DeviceKernels``: one device's compiled modules, functions and capture
+  stream (CuPy ties each to the device that was current when it was made).
 * ``DeviceTable``: device arrays of the addresses and sizes of same-dtype
   arrays, for the kernels that cover many arrays in one launch.
 
@@ -13,6 +15,7 @@ Nothing here imports CuPy at import time.
 from __future__ import annotations
 
 import importlib.resources
+import os
 
 import numpy as np
 
@@ -31,12 +34,19 @@ CUDA_FUNCTIONS = (
     "dropout_mask", "multiply", "argmax_rows", "flag_nonfinite", "flag_nonfinite_many",
     "sgd_update", "sgd_momentum_update", "adagrad_update", "rmsprop_update", "adam_update",
     "sgd_update_guarded", "sgd_momentum_update_guarded", "adam_update_guarded",
+    "finish_mean", "dot_product", "step_bookkeeping",
 )
 #: Activation codes shared with the CUDA source's enum.
 ACTIVATION_CODES = {"linear": 0, "relu": 1, "leaky_relu": 2, "sigmoid": 3, "tanh": 4}
 #: C type of each float dtype the kernels are compiled for.
 C_TYPES = {"float32": "float", "float64": "double"}
 REDUCE_THREADS = 512  # the CUDA source's REDUCE_THREADS
+#: Elements a reduction gives each block at least; a reduction over more runs ``reduce_blocks`` blocks.
+REDUCE_CHUNK = 8 * REDUCE_THREADS
+#: The most blocks a reduction runs (its workspace holds one sum per block and the divisor).
+MAX_REDUCE_BLOCKS = 1024
+REDUCE_WORKSPACE = MAX_REDUCE_BLOCKS + 1
+COLUMN_TILE = 32  # the CUDA source's COLUMN_TILE: columns per block of column_sums
 BLOCK = 256
 MAX_BLOCKS = 8192  # grid-stride loops cover the rest
 INSTALL = ('pip install "nnbackends[cuda12]" (CUDA 12 driver) or pip install "nnbackends[cuda13]" '
@@ -60,9 +70,19 @@ def compile_options(dtype) -> tuple[str, ...]:
     return ("--std=c++17", "--fmad=false", f"-DREAL={C_TYPES[np.dtype(dtype).name]}")
 
 
+#: A kernel that ``import_cupy`` compiles with CuPy's NVRTC (a missing ``libnvrtc-builtins`` fails here).
+PROBE_SOURCE = 'extern "C" __global__ void nnbackends_probe(float* x) { x[0] = tanhf(x[0]); }\n'
+PROBE_OPTIONS = ("--std=c++17",)
+
+
 def grid(n):
     """The grid of a grid-stride launch over ``n`` elements."""
     return (min(MAX_BLOCKS, max(1, -(-n // BLOCK))),)
+
+
+def reduce_blocks(n) -> int:
+    """Blocks of a reduction over ``n`` terms: fixed by ``n``, so its order of additions is too."""
+    return min(MAX_REDUCE_BLOCKS, max(1, -(-n // REDUCE_CHUNK)))
 
 
 def import_cupy():
@@ -82,14 +102,75 @@ def import_cupy():
             raise RuntimeError("the CUDA runtime reports no device")
         cupy.cuda.Device().compute_capability  # noqa: B018 (asks the driver)
         cupy.cuda.runtime.memGetInfo()  # creates the context: a device that is busy or unusable fails here
-        cupy.cuda.nvrtc.getVersion()
-    except Exception as exc:  # CUDARuntimeError, CUDADriverError, a missing libnvrtc ...
+    except Exception as exc:  # CUDARuntimeError, CUDADriverError ...
         raise BackendUnavailableError(
             f"CuPy {cupy.__version__} is installed but no CUDA device answers: {type(exc).__name__}: {exc}. "
             "The 'cupy' backend needs an NVIDIA GPU with a working driver "
             f"(check nvidia-smi) and the CuPy build that matches it: {INSTALL}."
         ) from exc
+    try:
+        probe_nvrtc(cupy.cuda.nvrtc)
+    except Exception as exc:  # no libnvrtc CuPy can load, no libnvrtc-builtins, a broken NVRTC ...
+        raise BackendUnavailableError(
+            f"CuPy {cupy.__version__} found a CUDA device but cannot compile kernels with NVRTC: "
+            f"{type(exc).__name__}: {exc}. The 'cupy' backend compiles its CUDA source at run time; "
+            f"install the NVRTC of the CUDA version CuPy was built for: {INSTALL}."
+        ) from exc
     return cupy
+
+
+def probe_nvrtc(nvrtc):
+    """Compile ``PROBE_SOURCE`` with CuPy's NVRTC bindings (not CuPy's kernel cache, which would skip NVRTC)."""
+    nvrtc.getVersion()
+    program = nvrtc.createProgram(PROBE_SOURCE, "nnbackends_probe.cu", (), ())
+    try:
+        nvrtc.compileProgram(program, PROBE_OPTIONS)
+    finally:
+        nvrtc.destroyProgram(program)
+
+
+def tf32_products(cupy) -> bool:
+    """Whether CuPy runs float32 matrix products on TF32 tensor cores (``CUPY_TF32=1``).
+
+    TF32 keeps 10 bits of mantissa, so products are good to about 1e-3
+    relative, far outside the float32 tolerance against the reference.
+    """
+    try:
+        from cupy._core import _routines_linalg as linalg
+    except ImportError:  # a CuPy without this module reads the variable the same way
+        return int(os.environ.get("CUPY_TF32", "0") or 0) > 0
+    return linalg.get_compute_type(np.float32) == getattr(linalg, "COMPUTE_TYPE_TF32", 7)
+
+
+class DeviceKernels:
+    """One device's kernel modules (one per float type), functions and graph-capture stream.
+
+    CuPy loads a ``RawModule`` on the device current at its first use and a
+    ``Stream`` belongs to the device current when it is made, so the backend
+    keeps one of these per device.
+    """
+
+    def __init__(self, cupy):
+        self.cupy = cupy
+        self.modules = {}  # dtype name -> RawModule
+        self.functions = {}  # (kernel name, dtype name) -> RawKernel
+        self._capture_stream = None
+
+    def function(self, name, dtype):
+        key = (name, dtype.name)
+        fn = self.functions.get(key)
+        if fn is None:
+            module = self.modules.get(dtype.name)
+            if module is None:
+                module = self.modules[dtype.name] = self.cupy.RawModule(code=kernel_source(),
+                                                                        options=compile_options(dtype))
+            fn = self.functions[key] = module.get_function(name)
+        return fn
+
+    def capture_stream(self):
+        if self._capture_stream is None:
+            self._capture_stream = self.cupy.cuda.Stream(non_blocking=True)
+        return self._capture_stream
 
 
 class DeviceTable:
