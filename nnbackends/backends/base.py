@@ -109,10 +109,15 @@ class Backend:
         The returned callable ``step(x, y)`` does forward, loss, backward,
         regularization and the optimizer update for one batch, updating the
         model's parameter and optimizer-state arrays in place, and returns
-        ``(data_loss, accuracy, finite)``: two 0-d backend arrays and a host bool
-        that is False when the loss or a gradient was not finite (in which case
-        no parameter was changed). The trainer calls the optimizer's
+        ``(data_loss, accuracy, finite)``: two 0-d backend arrays (or host scalars)
+        and a host bool that is False when the loss or a gradient was not finite
+        (in which case no parameter was changed). The trainer calls the optimizer's
         ``pre_update``/``post_update`` around it, exactly as on the per-layer path.
+
+        A step whose ``defers_finite_check`` is True also runs without reading
+        anything back: ``step.queue(x, y)`` per batch, and ``step.end_epoch()``
+        once, which reads the epoch's means and the first non-finite step
+        (``cupy_step.EpochTotals``; after that step no update changed anything).
         """
         return None
 
