@@ -113,43 +113,27 @@ def test_the_classic_call_reports_each_step_and_clears_the_flag():
 
 
 # ---------------------------------------------------------------------- host reads
+def _counted(name):
+    """ndarray's method ``name``, counting a read each call."""
+    def method(self, *args):
+        DeviceArray.reads += 1
+        return getattr(super(DeviceArray, self), name)(*args)
+
+    return method
+
+
 class DeviceArray(np.ndarray):
     """A NumPy array standing in for a CuPy one that counts the reads that would wait for the GPU."""
 
     reads = 0
-
-    def _count(self):
-        DeviceArray.reads += 1
+    __bool__, __int__, __float__, __index__, item, tolist = map(
+        _counted, ("__bool__", "__int__", "__float__", "__index__", "item", "tolist"))
 
     def __getitem__(self, key):
         out = super().__getitem__(key)
         if not isinstance(out, np.ndarray):  # a scalar: its value came to the host
-            self._count()
+            DeviceArray.reads += 1
         return out
-
-    def __bool__(self):
-        self._count()
-        return super().__bool__()
-
-    def __int__(self):
-        self._count()
-        return super().__int__()
-
-    def __float__(self):
-        self._count()
-        return super().__float__()
-
-    def __index__(self):
-        self._count()
-        return super().__index__()
-
-    def item(self, *args):
-        self._count()
-        return super().item(*args)
-
-    def tolist(self):
-        self._count()
-        return super().tolist()
 
 
 def counting_backend():

@@ -227,19 +227,20 @@ class CupyArrayCode(ArrayBackend):
         dx = self._matmul(dy, W.T) if need_dx else None
         return dx, dW, db
 
-    def _activation(self, kind, x, alpha=0.0):
-        _check_dtypes(kind + "_forward", x)
-        x = self._contiguous(x)
-        out = self._empty(x.shape, x.dtype)
-        self._activation_into(kind, x, out, alpha)
+    def _map(self, kernel, into, *arrays):
+        """Check the operands of an elementwise kernel, then ``into(*arrays, out)`` into a fresh array like them."""
+        _check_like(kernel, *arrays)
+        arrays = [self._contiguous(a) for a in arrays]
+        out = self._empty(arrays[0].shape, arrays[0].dtype)
+        into(*arrays, out)
         return out
 
+    def _activation(self, kind, x, alpha=0.0):
+        return self._map(kind + "_forward", lambda x, out: self._activation_into(kind, x, out, alpha), x)
+
     def _activation_backward(self, kind, saved, dy, alpha=0.0):
-        _check_like(kind + "_backward", saved, dy)
-        saved, dy = self._contiguous(saved), self._contiguous(dy)
-        out = self._empty(dy.shape, dy.dtype)
-        self._activation_backward_into(kind, saved, dy, out, alpha)
-        return out
+        return self._map(kind + "_backward",
+                         lambda saved, dy, out: self._activation_backward_into(kind, saved, dy, out, alpha), saved, dy)
 
     def relu_forward(self, x):
         return self._activation("relu", x)
@@ -266,18 +267,10 @@ class CupyArrayCode(ArrayBackend):
         return self._activation_backward("tanh", y, dy)
 
     def softmax_forward(self, x):
-        _check_dtypes("softmax_forward", x)
-        x = self._contiguous(x)
-        out = self._empty(x.shape, x.dtype)
-        self._softmax_into(x, out)
-        return out
+        return self._map("softmax_forward", self._softmax_into, x)
 
     def softmax_backward(self, y, dy):
-        _check_like("softmax_backward", y, dy)
-        y, dy = self._contiguous(y), self._contiguous(dy)
-        out = self._empty(y.shape, y.dtype)
-        self._softmax_backward_into(y, dy, out)
-        return out
+        return self._map("softmax_backward", self._softmax_backward_into, y, dy)
 
     def _reduce(self, into, kind, p, y, *args):
         """Run a reduction hook into a fresh 0-d array of p's dtype."""
@@ -346,11 +339,7 @@ class CupyArrayCode(ArrayBackend):
         return out
 
     def multiply(self, a, b):
-        _check_like("multiply", a, b)
-        a, b = self._contiguous(a), self._contiguous(b)
-        out = self._empty(a.shape, a.dtype)
-        self._multiply_into(a, b, out)
-        return out
+        return self._map("multiply", self._multiply_into, a, b)
 
     def _update(self, kernel, arrays, hyper):
         """Check the operands of an update (param, grad, state arrays), then run its hook."""
