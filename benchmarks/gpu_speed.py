@@ -113,7 +113,8 @@ def report(what, unit, scale, target, mine, fit_rate, graphs, peer):
     else:
         ratio = mine / peer
         verdict = ratio >= target
-        line += f"; torch {peer / scale:,.0f}, ratio {ratio:.2f} ({'meets' if verdict else 'MISSES'} the {target:g}x target)"
+        meets = "meets" if verdict else "MISSES"
+        line += f"; torch {peer / scale:,.0f}, ratio {ratio:.2f} ({meets} the {target:g}x target)"
     print("SUMMARY", line, flush=True)
     return verdict and graphs
 
