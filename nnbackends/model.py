@@ -24,7 +24,7 @@ from .optimizers import get_optimizer, optimizer_from_config
 from .progress import make_progress
 from .trainer import BatchSource, Trainer
 from .validation import (check_choice, check_features, check_positive_int, check_sample_weight, check_seed,
-                         check_targets, class_weights_as_sample_weights, split_for_validation)
+                         check_targets, class_weights_as_sample_weights, host_array, split_for_validation)
 
 __all__ = ["History", "Model", "load_model"]
 
@@ -313,7 +313,7 @@ class Model:
         if len(weights) != len(params):
             raise ValueError(f"set_weights expected {len(params)} arrays, got {len(weights)}.")
         for i, (p, w) in enumerate(zip(params, weights)):
-            w = np.asarray(w)
+            w = host_array(f"set_weights array {i}", w)
             if w.shape != p.value.shape:
                 raise ValueError(f"set_weights: array {i} ({p.name}) has shape {w.shape}, expected {p.value.shape}.")
             p.value[...] = self.backend.asarray(w, self.dtype)

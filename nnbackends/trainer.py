@@ -114,8 +114,9 @@ class EpochSums:
 
 
 def diverged(model, epoch, step, history, data_loss) -> TrainingDivergedError:
-    """The error for a step whose loss or gradients were not finite (its update was not applied)."""
-    loss = model.backend.to_float(data_loss)
+    """The error for a step whose loss or gradients were not finite (its update was not applied);
+    ``data_loss`` is the step's loss, a host number or a 0-d backend array."""
+    loss = float(data_loss) if isinstance(data_loss, (int, float, np.floating)) else model.backend.to_float(data_loss)
     what = "the loss" if not math.isfinite(loss) else "a gradient"
     return TrainingDivergedError(
         f"Training diverged at epoch {epoch}, step {step}: {what} became NaN or Inf "
@@ -208,6 +209,8 @@ class Trainer:
 
     def train_epoch(self, epoch, interrupted) -> EpochSums | None:
         """Every step of one epoch; None when Ctrl-C cut it short."""
+        if getattr(self.step, "defers_finite_check", False) and not self.batch_callbacks:
+            return self.train_epoch_deferred(epoch, interrupted)
         model, opt, history = self.model, self.model.optimizer, self.history
         sums = EpochSums()
         steps = 0
@@ -226,6 +229,33 @@ class Trainer:
             if interrupted() or model.stop_training:
                 break
         return sums if steps == self.source.steps_per_epoch else None
+
+    def train_epoch_deferred(self, epoch, interrupted) -> EpochSums | None:
+        """An epoch of a step that keeps its sums and non-finite flag on the device (``step.queue``
+        per batch, one host read in ``step.end_epoch``). After a step that was not finite no
+        update changes anything, so the error raised here keeps the weights of the last finite step."""
+        model, opt, history, step = self.model, self.model.optimizer, self.history, self.step
+        first = opt.iterations
+        steps = 0
+        for _, batch in self.source.batches():
+            opt.pre_update()
+            step.queue(*batch)
+            opt.post_update()
+            steps += 1
+            if interrupted() or model.stop_training:
+                break
+        totals = step.end_epoch()
+        if totals.failed_iteration is not None:
+            bad = totals.failed_iteration - first + 1  # the step of this epoch, from 1
+            opt.iterations = totals.failed_iteration  # neither the bad step nor the no-op ones after it count
+            history.steps += bad - 1
+            raise diverged(model, epoch, bad, history, totals.failed_loss)
+        history.steps += steps
+        if steps != self.source.steps_per_epoch:
+            return None
+        sums = EpochSums()
+        sums.add(1.0, totals.data_loss, totals.regularization, totals.accuracy)
+        return sums
 
     def end_epoch(self, epoch, sums):
         model, history = self.model, self.history

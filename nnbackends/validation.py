@@ -2,7 +2,9 @@
 
 Each check raises ``ValueError`` (a bad value) or ``TypeError`` (a bad type)
 with a message naming the argument, what was received and what is expected.
-Data checks run on the host before anything moves to a device.
+Data checks run on the host before anything moves to a device; data that is
+already on a GPU (CuPy, Numba or any array with ``__cuda_array_interface__``)
+is checked on its host copy (``host_array``).
 """
 from __future__ import annotations
 
@@ -148,7 +150,25 @@ def check_output_targets(name, y, n_outputs) -> np.ndarray:
     return y
 
 
+def host_array(name, value) -> np.ndarray:
+    """``value`` as a host NumPy array; a GPU array is copied to the host.
+
+    NumPy cannot convert a CuPy array itself (``np.asarray`` raises), so an object
+    with ``__cuda_array_interface__`` is copied through its own method: ``get``
+    (CuPy) or ``copy_to_host`` (Numba).
+    """
+    if hasattr(value, "__cuda_array_interface__"):
+        for method in ("get", "copy_to_host"):
+            if callable(getattr(value, method, None)):
+                return np.asarray(getattr(value, method)())
+        raise TypeError(f"{name} is a GPU array of type {type(value).__name__} that nnbackends cannot copy to "
+                        "the host; pass a NumPy or CuPy array.")
+    return np.asarray(value)
+
+
 def _numeric_array(name, value) -> np.ndarray:
+    if hasattr(value, "__cuda_array_interface__"):
+        return _numeric_array(name, host_array(name, value))
     try:
         arr = np.asarray(value)
     except Exception as exc:  # ragged lists and the like

@@ -7,14 +7,21 @@ cannot run here is skipped with the reason its creation gives. Tests marked
 The test suite registers one more backend, ``cupy-numpy``: the CuPy backend's
 own array code (``CupyArrayCode``) with NumPy standing in for CuPy, so every
 suite that runs on all backends also checks that code without a GPU.
+
+``CUPY_TF32`` is removed from the environment before CuPy reads it: TF32
+products (about 1e-3 relative) would fail every float32 tolerance.
 """
 from __future__ import annotations
+
+import os
 
 import numpy as np
 import pytest
 
 from nnbackends.backends import get_backend, register_backend, registered_backends, unavailable_reason
 from nnbackends.backends.cupy_backend import CupyArrayCode
+
+os.environ.pop("CUPY_TF32", None)
 
 #: The backends the package itself registers (what a CLI subprocess sees).
 PACKAGE_BACKENDS = registered_backends()

@@ -25,6 +25,7 @@ from conftest import assert_close
 from nnbackends import Model
 from nnbackends.backends import BackendUnavailableError, get_backend
 from nnbackends.backends import cupy_backend as cb
+from nnbackends.backends import cupy_device as cd
 from nnbackends.datasets import spiral_data
 from nnbackends.layers import Dense, Dropout, LeakyReLU, Linear, ReLU, Sigmoid, Softmax, Tanh
 from nnbackends.optimizers import SGD, Adam, RMSprop
@@ -80,7 +81,7 @@ _PTX = {}
 
 def ptx_for(dtype) -> str:
     if dtype not in _PTX:
-        _PTX[dtype] = nvrtc_compile(cb.kernel_source(), cb.compile_options(dtype) + cb.CUPY_NVRTC_OPTIONS)
+        _PTX[dtype] = nvrtc_compile(cd.kernel_source(), cd.compile_options(dtype) + cd.CUPY_NVRTC_OPTIONS)
     return _PTX[dtype]
 
 
@@ -93,7 +94,7 @@ def entry_params(ptx: str) -> dict[str, list[str]]:
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_every_kernel_compiles_for_sm90(dtype):
     entries = entry_params(ptx_for(dtype))
-    assert sorted(entries) == sorted(cb.KERNEL_NAMES)
+    assert sorted(entries) == sorted(cd.CUDA_FUNCTIONS)
 
 
 def test_kernels_compute_in_their_own_float_type():
@@ -103,16 +104,16 @@ def test_kernels_compute_in_their_own_float_type():
 
 
 def test_a_syntax_error_fails_the_compile():
-    broken = cb.kernel_source() + '\nextern "C" __global__ void broken(const real* x) { x[0] = ; }\n'
+    broken = cd.kernel_source() + '\nextern "C" __global__ void broken(const real* x) { x[0] = ; }\n'
     with pytest.raises(NvrtcError, match="error"):
-        nvrtc_compile(broken, cb.compile_options("float32"))
+        nvrtc_compile(broken, cd.compile_options("float32"))
 
 
 def test_python_and_cuda_agree_on_shared_constants():
-    source = cb.kernel_source()
-    assert int(re.search(r"#define REDUCE_THREADS (\d+)", source).group(1)) == cb.REDUCE_THREADS
+    source = cd.kernel_source()
+    assert int(re.search(r"#define REDUCE_THREADS (\d+)", source).group(1)) == cd.REDUCE_THREADS
     enum = dict(re.findall(r"(\w+) = (\d+)", re.search(r"enum \{([^}]*)\}", source).group(1)))
-    assert {k.lower(): int(v) for k, v in enum.items()} == cb.ACTIVATIONS
+    assert {k.lower(): int(v) for k, v in enum.items()} == cd.ACTIVATION_CODES
 
 
 def test_kernel_source_is_package_data():
@@ -120,8 +121,8 @@ def test_kernel_source_is_package_data():
 
     config = tomllib.loads((ROOT / "pyproject.toml").read_text())
     shipped = config["tool"]["setuptools"]["package-data"]["nnbackends.backends"]
-    assert any(pathlib.PurePath(cb.KERNEL_FILE).match(pattern) for pattern in shipped)
-    assert "__global__" in cb.kernel_source()
+    assert any(pathlib.PurePath(cd.KERNEL_FILE).match(pattern) for pattern in shipped)
+    assert "__global__" in cd.kernel_source()
 
 
 # ---------------------------------------------------------------------- every launch against its PTX signature
@@ -184,10 +185,13 @@ def test_every_launch_matches_its_kernel_signature():
     for dtype in DTYPES:
         be.dropout_mask((5, 3), 0.5, np.random.default_rng(0), dtype)
         be.all_finite([be.asarray(np.ones(3), dtype)])
+        big = be.asarray(np.ones((5000, 3)), dtype)
+        be.mse_loss(big, big)  # a reduction over several blocks, then finish_mean
+        be.dense_forward(*(be.asarray(np.ones(s), dtype) for s in ((1, 4), (4, 1), (1,))))  # a 1x1 product
         for opt in (Adam(0.01), SGD(0.1), SGD(0.1, momentum=0.9)):
             X, y = spiral_data(20, 3)
             spiral_model(be, dtype, (ReLU, LeakyReLU, Sigmoid, Tanh, Linear), opt).fit(X, y, epochs=2, verbose=0)
-    assert checker.launched == set(cb.KERNEL_NAMES)
+    assert checker.launched == set(cd.CUDA_FUNCTIONS)
 
 
 # ---------------------------------------------------------------------- the compiled step's array code (stand-in)
@@ -293,9 +297,10 @@ def _fresh_registry(monkeypatch):
     monkeypatch.setattr(registry, "_failures", {})
 
 
-def _fake_cupy(device_count=None, error=None, context_error=None):
+def _fake_cupy(device_count=None, error=None, context_error=None, nvrtc_error=None):
     """A module that looks like CuPy to the probe: ``error`` is raised by the device count,
-    ``context_error`` when the probe creates a context on the device."""
+    ``context_error`` when the probe creates a context on the device, ``nvrtc_error`` when it
+    compiles its probe kernel (``compiled`` records the source and options it compiles)."""
     def count():
         if error:
             raise error
@@ -306,12 +311,20 @@ def _fake_cupy(device_count=None, error=None, context_error=None):
             raise context_error
         return 80 << 30, 80 << 30
 
+    compiled = []
+
+    def compile_program(program, options):
+        if nvrtc_error:
+            raise nvrtc_error
+        compiled.append((program, tuple(options)))
+
     cuda = types.SimpleNamespace(
         runtime=types.SimpleNamespace(getDeviceCount=count, memGetInfo=memory),
         Device=lambda: types.SimpleNamespace(compute_capability="90"),
-        nvrtc=types.SimpleNamespace(getVersion=lambda: (12, 9)),
+        nvrtc=types.SimpleNamespace(getVersion=lambda: (12, 9), createProgram=lambda src, name, h, i: src,
+                                    compileProgram=compile_program, destroyProgram=lambda program: None),
     )
-    return types.SimpleNamespace(__version__="99.0", cuda=cuda)
+    return types.SimpleNamespace(__version__="99.0", cuda=cuda, compiled=compiled)
 
 
 def test_missing_cupy_says_how_to_install(monkeypatch):
@@ -396,7 +409,7 @@ def gpu():
 @pytest.mark.gpu
 def test_gpu_warmup_loads_every_kernel_and_describes_the_device(gpu):
     gpu.warmup()
-    assert {name for name, _ in gpu._functions} == set(cb.KERNEL_NAMES)
+    assert {name for name, _ in gpu._functions} == set(cd.CUDA_FUNCTIONS)
     facts = gpu.describe()
     assert facts["device"] and facts["compute_capability"]
 

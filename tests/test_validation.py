@@ -246,3 +246,45 @@ def test_float64_data_beyond_float32_is_refused_for_a_float32_model():
     with pytest.raises(ValueError, match="values up to 1e\\+39, beyond the largest float32"):
         check_features("X", X, 2, "float32")
     assert check_features("X", X, 2, "float64") is X
+
+
+class FakeCupyArray:
+    """Looks like a CuPy array to nnbackends: ``__cuda_array_interface__``, ``get``, and no NumPy conversion."""
+
+    def __init__(self, host):
+        self.host = np.asarray(host)
+        self.shape, self.dtype = self.host.shape, self.host.dtype
+
+    @property
+    def __cuda_array_interface__(self):
+        return {"shape": self.shape, "typestr": self.dtype.str, "data": (0, False), "version": 3}
+
+    def __array__(self, *args, **kwargs):
+        raise TypeError("Implicit conversion to a NumPy array is not allowed. Please use `.get()` to construct "
+                        "a NumPy array explicitly.")
+
+    def get(self):
+        return self.host.copy()
+
+
+def test_fit_evaluate_and_predict_take_gpu_arrays():
+    want, got = model(), model()
+    want.fit(X, Y, epochs=3, verbose=0)
+    got.fit(FakeCupyArray(X), FakeCupyArray(Y), epochs=3, verbose=0)
+    np.testing.assert_array_equal(got.predict(FakeCupyArray(X)), want.predict(X))
+    assert got.evaluate(FakeCupyArray(X), FakeCupyArray(Y)) == want.evaluate(X, Y)
+
+
+def test_gpu_arrays_are_checked_like_host_arrays():
+    with pytest.raises(ValueError, match=r"X contains NaN or Inf \(first at index \[3, 1\]\)"):
+        model().fit(FakeCupyArray(with_value(X, (3, 1), np.nan)), Y, verbose=0)
+    with pytest.raises(ValueError, match="X must be 2-D"):
+        model().predict(FakeCupyArray(X[:, 0]))
+
+
+def test_a_gpu_array_without_a_host_copy_method_says_so():
+    class Opaque:
+        __cuda_array_interface__ = {"shape": (3, 2), "typestr": "<f4", "data": (0, False), "version": 3}
+
+    with pytest.raises(TypeError, match="X is a GPU array of type Opaque that nnbackends cannot copy"):
+        model().predict(Opaque())

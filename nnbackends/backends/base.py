@@ -1,9 +1,15 @@
 """The kernel table: the one interface every array backend implements.
 
-``Backend`` names every kernel and states its contract. ``ArrayBackend`` gives a
-default for each kernel written once against an array module ``self.xp`` (NumPy
-or anything that mimics it, such as CuPy); the NumPy backend is exactly these
-defaults, and other backends override the kernels they make faster.
+Two classes hold it:
+
+* ``Backend`` is the plumbing every backend has: its ``name``, host/device
+  transfer (``asarray``, ``to_numpy``, ``to_float``), allocation,
+  ``synchronize``, ``warmup``, ``describe``, ``native_kernels``, and the
+  ``fused_step`` hook through which a backend offers a whole training step.
+* ``ArrayBackend`` adds every numeric kernel of ``KERNELS``, each written once
+  against the array module ``self.xp`` (NumPy by default) with its contract in
+  its docstring. These are the reference defaults: the NumPy backend is
+  exactly them, and another backend overrides the kernels it makes faster.
 
 Conventions shared by every kernel:
 
@@ -73,7 +79,7 @@ KERNELS = (
 
 
 class Backend:
-    """Abstract kernel table. Subclasses set ``name`` and implement every method."""
+    """The plumbing of a backend and its ``fused_step`` hook; the kernels come from ``ArrayBackend``."""
 
     name: str = "abstract"
     #: Kernels this backend hands to a BLAS library (reported by ``nnbackends info``).
@@ -107,10 +113,15 @@ class Backend:
         The returned callable ``step(x, y)`` does forward, loss, backward,
         regularization and the optimizer update for one batch, updating the
         model's parameter and optimizer-state arrays in place, and returns
-        ``(data_loss, accuracy, finite)``: two 0-d backend arrays and a host bool
-        that is False when the loss or a gradient was not finite (in which case
-        no parameter was changed). The trainer calls the optimizer's
+        ``(data_loss, accuracy, finite)``: two 0-d backend arrays (or host scalars)
+        and a host bool that is False when the loss or a gradient was not finite
+        (in which case no parameter was changed). The trainer calls the optimizer's
         ``pre_update``/``post_update`` around it, exactly as on the per-layer path.
+
+        A step whose ``defers_finite_check`` is True also runs without reading
+        anything back: ``step.queue(x, y)`` per batch, and ``step.end_epoch()``
+        once, which reads the epoch's means and the first non-finite step
+        (``cupy_step.EpochTotals``; after that step no update changed anything).
         """
         return None
 
@@ -140,6 +151,8 @@ class ArrayBackend(Backend):
     """
 
     xp = np
+    #: ``dense_forward``/``dense_backward`` are ``xp``'s matrix products (BLAS, or cuBLAS under CuPy).
+    blas_kernels = ("dense_forward", "dense_backward")
 
     # ------------------------------------------------------------------ plumbing
     def asarray(self, x, dtype=None):

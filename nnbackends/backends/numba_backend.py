@@ -39,8 +39,6 @@ class NumbaBackend(ArrayBackend):
     """ArrayBackend plumbing (allocation, transfers) with every numeric kernel its own ``@njit`` code."""
 
     name = "numba"
-    xp = np
-    blas_kernels = ("dense_forward", "dense_backward")
 
     # ------------------------------------------------------------------ dense
     def dense_forward(self, x, W, b):

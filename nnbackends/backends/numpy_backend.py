@@ -10,8 +10,6 @@ class NumpyBackend(ArrayBackend):
     """The kernel table's array-module defaults, run on NumPy arrays."""
 
     name = "numpy"
-    xp = np
-    blas_kernels = ("dense_forward", "dense_backward")
 
     def native_kernels(self) -> list[str]:
         return list(KERNELS)
