@@ -215,7 +215,7 @@ class CupyArrayCode(ArrayBackend):
         if b.shape != W.shape[1:]:
             raise ValueError(f"dense_forward: a bias of shape {b.shape} for weights of shape {W.shape}.")
         out = self._matmul(self._contiguous(x), W)
-        self._bias_activation_into(out, b, out, "linear", 0.0)
+        self._bias_activation_into(out, self._contiguous(b), out, "linear", 0.0)  # kernels index b flat
         return out
 
     def dense_backward(self, x, W, dy, need_dx=True):
