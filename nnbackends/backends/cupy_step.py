@@ -169,13 +169,15 @@ class GraphStep:
     def _sync_schedule(self):
         """Write the optimizer's schedule to ``hyper`` where the device's copy differs from the host's.
 
-        The device derives each step's learning rate from ``hyper`` with the
-        optimizers' rule, so while the host follows that rule nothing is written;
-        a learning rate set by hand is written as a constant (decay 0).
+        The device derives each step's learning rate from ``hyper`` with the book's
+        rule (``InverseTimeDecay``), so while the host follows that rule nothing is
+        written; any other schedule, a scaled rate or a rate set by hand is written
+        as a constant (decay 0) before each step.
         """
         opt = self.model.optimizer
-        lr, decay, iterations = opt.learning_rate, opt.decay, float(opt.iterations)
-        if opt.current_learning_rate != lr / (1.0 + decay * iterations):
+        rule = opt.schedule  # the device runs InverseTimeDecay (a Constant: decay 0); others come a rate a step
+        lr, decay, iterations = getattr(rule, "learning_rate", None), getattr(rule, "decay", 0.0), float(opt.iterations)
+        if not isinstance(lr, float) or opt.current_learning_rate != lr / (1.0 + decay * iterations):
             lr, decay = opt.current_learning_rate, 0.0
         if (lr, decay, iterations) != self._device_hyper:
             self.be._upload(self.hyper, np.array([lr, decay, iterations], dtype=np.float64))
