@@ -13,7 +13,9 @@ import warnings
 
 import numpy as np
 
+from . import data_parallel
 from .backends import Backend, get_backend
+from .distributed import as_comm
 from .errors import ModelFileError
 from .history import History
 from .layers import Dense, Layer, Softmax, from_config
@@ -47,6 +49,7 @@ class Model:
         self.loss = self.optimizer = self.metric = None
         self._n_features = None  # output width of the stack so far
         self._fused_step = None
+        self.comm = as_comm(None)  # that of the latest fit: only its root writes files
 
     # ------------------------------------------------------------------ building
     def add(self, layer: Layer):
@@ -131,16 +134,21 @@ class Model:
 
     def train_step(self, x, y):
         """One per-layer step on a batch: returns (data_loss, accuracy, finite)."""
-        out = self.forward(x, training=True)
-        data_loss = self.loss.forward(out, y)
-        accuracy = self.metric(out, y) if self.metric else None
-        self.backward(out, y)
+        data_loss, accuracy = self.compute_gradients(x, y)
         params = self.params()
         if not self.backend.all_finite([data_loss, *(p.grad for p in params)]):
             return data_loss, accuracy, False
         for p in params:
             self.optimizer.update(p)
         return data_loss, accuracy, True
+
+    def compute_gradients(self, x, y):
+        """Forward and backward passes on a batch, filling every ``param.grad``: returns (data_loss, accuracy)."""
+        out = self.forward(x, training=True)
+        data_loss = self.loss.forward(out, y)
+        accuracy = self.metric(out, y) if self.metric else None
+        self.backward(out, y)
+        return data_loss, accuracy
 
     def _step_function(self, fused):
         if fused is False:
@@ -171,7 +179,7 @@ class Model:
 
     # ------------------------------------------------------------------ training
     def fit(self, X, y, epochs=1, batch_size=None, shuffle=True, validation_data=None, verbose=1,
-            fused=None, compiled=None) -> History:
+            fused=None, compiled=None, comm=None, sharded=False) -> History:
         """Train; returns a History of per-epoch ``loss``, ``accuracy`` and ``val_`` entries.
 
         ``batch_size=None`` trains on the full batch. ``fused=None`` uses the
@@ -181,9 +189,22 @@ class Model:
         ``TrainingDivergedError`` with the weights of the last finite step kept.
         Ctrl-C stops after the current step and returns the history so far
         (``history.interrupted``).
+
+        ``comm``: an ``nnbackends.distributed.MPIComm`` to train data-parallel over
+        its ranks, every rank calling ``fit`` with the same arguments: ``batch_size``
+        is the global batch, each rank passes the whole data set, or only its own
+        rows with ``sharded=True``; every rank ends with the same weights and
+        history, and only the root shows progress (``nnbackends.data_parallel``).
+        An exception on one rank ends every rank (``MPIComm.guard``).
         """
+        comm = as_comm(comm)
+        with comm.guard():
+            return self._fit(X, y, epochs, batch_size, shuffle, validation_data, verbose, fused, compiled, comm,
+                             sharded)
+
+    def _fit(self, X, y, epochs, batch_size, shuffle, validation_data, verbose, fused, compiled, comm, sharded):
         if compiled is not None:
-            warnings.warn("fit(compiled=...) is deprecated; use fit(fused=...).", DeprecationWarning, stacklevel=2)
+            warnings.warn("fit(compiled=...) is deprecated; use fit(fused=...).", DeprecationWarning, stacklevel=3)
             fused = compiled if fused is None else fused
         epochs = check_positive_int("epochs", epochs)
         x, y_dev, y_host = self._prepare(X, y)
@@ -195,11 +216,15 @@ class Model:
                 raise TypeError("validation_data must be a tuple (X_val, y_val).")
             val = self._prepare(*validation_data, x_name="X_val", y_name="y_val")[:2]
         if self.metric:
-            self.metric.adapt(y_host)
+            data_parallel.adapt_metric(self.metric, y_host, comm, sharded)
         step = self._step_function(fused)
-        source = BatchSource(self.backend, x, y_dev, batch_size, shuffle, self.rng)
-        progress = make_progress(verbose, epochs, source.steps_per_epoch)
-        return Trainer(self, step, source, progress, validation=val).run(epochs)
+        self.comm = comm
+        if comm.size > 1:
+            source, step = data_parallel.prepare(self, comm, x, y_dev, batch_size, shuffle, sharded, step, fused)
+        else:
+            source = BatchSource(self.backend, x, y_dev, batch_size, shuffle, self.rng)
+        progress = make_progress(verbose if comm.is_root else 0, epochs, source.steps_per_epoch)
+        return Trainer(self, step, source, progress, validation=val, comm=comm).run(epochs)
 
     # ------------------------------------------------------------------ inference
     def _evaluate_device(self, x, y):
@@ -266,8 +291,14 @@ class Model:
 
     # ------------------------------------------------------------------ persistence
     def save(self, path):
-        """Write weights and architecture to one ``.safetensors`` file, atomically."""
+        """Write weights and architecture to one ``.safetensors`` file, atomically.
+
+        After a distributed ``fit`` only the root of its communicator writes (every
+        rank holds the same weights); the others return at once.
+        """
         self._require_loss()
+        if not self.comm.is_root:
+            return
         tensors = {f"layers.{i}.{p.name}": self.backend.to_numpy(p.value)
                    for i, layer in enumerate(self.layers) for p in layer.params()}
         write_model_file(path, tensors, {

@@ -18,6 +18,7 @@ import time
 
 import numpy as np
 
+from .distributed import as_comm
 from .errors import TrainingDivergedError
 from .history import History
 from .interrupts import deferred_interrupt
@@ -26,9 +27,9 @@ from .interrupts import deferred_interrupt
 class BatchSource:
     """The batches of one epoch of ``(x, y)``, both backend arrays, in order or shuffled by ``rng``."""
 
-    def __init__(self, backend, x, y, batch_size, shuffle, rng):
+    def __init__(self, backend, x, y, batch_size, shuffle, rng, rows=None):
         self.backend, self.x, self.y, self.rng = backend, x, y, rng
-        self.n = x.shape[0]
+        self.n = x.shape[0] if rows is None else rows  # rows of an epoch (of all ranks, in a distributed fit)
         self.batch_size = self.n if batch_size is None else min(batch_size, self.n)
         self.steps_per_epoch = math.ceil(self.n / self.batch_size)
         self.shuffle = shuffle and self.steps_per_epoch > 1
@@ -41,6 +42,10 @@ class BatchSource:
             if order is not None:  # gather a batch at a time: no shuffled copy of the whole data
                 rows = order[rows]
             yield self.x[rows], self.y[rows]
+
+    def rows_in(self, xb) -> int:
+        """The rows of the step whose batch (on this rank: whose share) is ``xb``."""
+        return xb.shape[0]
 
 
 class EpochSums:
@@ -88,12 +93,14 @@ class Trainer:
     """One ``fit`` call: trains ``model`` with ``step`` on the batches of ``source``.
 
     ``validation``: device arrays ``(x, y)`` evaluated after each epoch, or None;
-    ``progress``: the display from ``progress.make_progress``.
+    ``progress``: the display from ``progress.make_progress``; ``comm``: the
+    communicator of a distributed fit (Ctrl-C then stops every rank at the same step).
     """
 
-    def __init__(self, model, step, source, progress, validation=None):
+    def __init__(self, model, step, source, progress, validation=None, comm=None):
         self.model, self.step, self.source, self.progress = model, step, source, progress
         self.validation = validation
+        self.comm = as_comm(comm)
         self.regularized = [p for p in model.params() if p.regularized]
         self.history = History()
 
@@ -102,6 +109,7 @@ class Trainer:
         start = time.perf_counter()
         # A step that overflows raises TrainingDivergedError; NumPy's warnings would only repeat it.
         with deferred_interrupt() as interrupted, np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            interrupted = self.comm.agreed(interrupted)
             for epoch in range(1, epochs + 1):
                 sums = self.train_epoch(epoch, interrupted)
                 if sums is not None:
@@ -127,7 +135,7 @@ class Trainer:
                 raise diverged(model, epoch, steps, history, data_loss)
             opt.post_update()
             history.steps += 1
-            sums.add(xb.shape[0], data_loss, reg, accuracy)
+            sums.add(self.source.rows_in(xb), data_loss, reg, accuracy)
             if interrupted():
                 break
         return sums if steps == self.source.steps_per_epoch else None

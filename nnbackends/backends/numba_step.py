@@ -54,9 +54,9 @@ def fused_step(model):
     return None if plan is None else FusedStep(model, plan)
 
 
-def _gather(arrays, dtype):
-    """One flat buffer holding copies of ``arrays``, and views of it shaped like each of them."""
-    flat = np.concatenate([np.asarray(a, dtype).reshape(-1) for a in arrays])
+def _gather(arrays, dtype, spare=0):
+    """One flat buffer holding copies of ``arrays`` (then ``spare`` zeros), and views of it shaped like each of them."""
+    flat = np.concatenate([np.asarray(a, dtype).reshape(-1) for a in arrays] + [np.zeros(spare, dtype)])
     bounds = np.cumsum([0] + [a.size for a in arrays])
     return flat, [flat[lo:hi].reshape(a.shape) for a, lo, hi in zip(arrays, bounds[:-1], bounds[1:])]
 
@@ -80,7 +80,9 @@ class FusedStep:
         self.offsets = np.cumsum([0] + [p.value.size for p in params]).astype(np.int64)
         self.widths = np.array([dense[0].n_inputs] + [d.n_neurons for d in dense], dtype=np.int64)
         self.P, values = _gather([p.value for p in params], dtype)
-        self.G, grads = _gather([np.zeros_like(p.value) for p in params], dtype)
+        # The gradients, then a share's loss and accuracy: what ``summed_step`` sums over the ranks at once.
+        self.G_sums, grads = _gather([np.zeros_like(p.value) for p in params], dtype, spare=2)
+        self.G, self.sums = self.G_sums[:-2], self.G_sums[-2:]
         states = []
         for name in plan.state_names:
             flat, views = _gather([p.state[name] for p in params], dtype)
@@ -112,27 +114,60 @@ class FusedStep:
                 self.rows = np.empty((size, self.widths[-1]), self.dtype)
             self.capacity = size
 
-    def __call__(self, x, y):
+    def _prepare(self, x):
+        """``(x, precision)`` as the pass takes them; chooses the pass, sizes the buffers, sets ``hyper``."""
         model = self.model
-        opt = model.optimizer
         if self.blas is None:
             self.blas = runs_on_blas(self.widths, x.shape[0])
         if x.shape[0] > self.capacity:
             self._buffers(x.shape[0])
         if not x.flags.c_contiguous:
             x = np.ascontiguousarray(x)
-        metric = model.metric
-        precision = float(getattr(metric, "precision", None) or 0.0)
+        self._set_hyper(model.optimizer)
+        return x, float(getattr(model.metric, "precision", None) or 0.0)
+
+    def _set_hyper(self, opt):
         names = self.hyper_names
         self.hyper[:len(names) + 1] = [opt.current_learning_rate, *(getattr(opt, name) for name in names)]
+
+    def __call__(self, x, y):
+        x, precision = self._prepare(x)
         head = (x, y, self.mode, self.P, self.G, self.S1, self.S2, self.offsets, self.widths)
-        tail = (self.codes, self.alphas, precision, self.regs, self.opt_code, self.hyper, opt.iterations + 1)
+        tail = (self.codes, self.alphas, precision, self.regs, self.opt_code, self.hyper,
+                self.model.optimizer.iterations + 1)
         if self.blas:
             loss, acc, finite = K.blas_step(*head, self.H, self.D, self.tmp, *tail)
         else:
             loss, acc, finite = K.loops_step(*head, self.xT, self.H, self.D, self.rows, self.tmp, *tail)
-        t = self.dtype.type
-        return t(loss), (None if metric is None else np.float64(acc)), bool(finite)
+        return self._result(loss, acc, finite)
+
+    def summed_step(self, x, y, rows, comm):
+        """The step of one rank's share ``x`` of a global batch of ``rows`` rows (``nnbackends.data_parallel``).
+
+        The gradient pass takes means over ``rows``, so that one sum of ``G_sums`` over
+        the ranks (``comm.sum_inplace``) gives every rank the batch's gradient, loss and
+        accuracy; the regularization gradient, the finiteness check and the update
+        (``apply_update``) then run on what is the same on every rank.
+        """
+        if x.shape[0]:
+            x, precision = self._prepare(x)
+            head = (x, y, self.mode, self.P, self.G, self.offsets, self.widths)
+            tail = (self.codes, self.alphas, precision, rows)
+            if self.blas:
+                self.sums[:] = K.blas_pass(*head, self.H, self.D, self.tmp, *tail)
+            else:
+                self.sums[:] = K.columns_pass(*head, self.xT, self.H, self.D, self.rows, self.tmp, *tail)
+        else:  # an empty share adds nothing
+            self._set_hyper(self.model.optimizer)
+            self.G_sums[:] = 0
+        comm.sum_inplace(self.G_sums)
+        loss, acc = float(self.sums[0]), float(self.sums[1])
+        finite = np.isfinite(loss) and K.apply_update(self.P, self.G, self.S1, self.S2, self.offsets, self.regs,
+                                                      self.opt_code, self.hyper, self.model.optimizer.iterations + 1)
+        return self._result(loss, acc, finite)
+
+    def _result(self, loss, acc, finite):
+        return self.dtype.type(loss), (None if self.model.metric is None else np.float64(acc)), bool(finite)
 
 
 def warm_step(dtype):
