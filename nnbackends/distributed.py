@@ -9,7 +9,7 @@ say their ``rank``, ``size`` and whether they are the root (``is_root``, rank
 **Faults.** An exception on one rank while the others wait in a collective
 would hang the job (an uncaught exception also makes mpi4py wait in
 ``MPI_Finalize``). So the training runs inside ``comm.guard()``: an exception
-on any rank prints ``rank R of N failed: <cause>`` and calls ``MPI_Abort``,
+on any rank prints ``rank R of N failed with <cause>`` and calls ``MPI_Abort``,
 which ends every rank of the job with a non-zero exit at once. Errors that
 every rank raises together by design (``COLLECTIVE_ERRORS``: the divergence
 check, mismatched ``fit`` arguments) pass through as ordinary exceptions. For
@@ -133,7 +133,7 @@ class MPIComm(SingleProcess):
 
     @contextlib.contextmanager
     def guard(self, show_traceback=True):
-        """An exception that leaves the block on one rank ends every rank: ``rank R of N failed: ...``,
+        """An exception that leaves the block on one rank ends every rank: ``rank R of N failed with ...``,
         then ``MPI_Abort`` (exit status 1). ``COLLECTIVE_ERRORS`` pass through. Nested guards leave
         it to the outermost, so a command line can report one line without a traceback."""
         self._guards += 1
@@ -153,8 +153,8 @@ class MPIComm(SingleProcess):
         if show_traceback:
             traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
         cause = " ".join(str(exc).split()) or "(no message)"
-        print(f"nnbackends: rank {self.rank} of {self.size} failed: {type(exc).__name__}: {cause}; "
-              f"ending all {self.size} ranks (MPI_Abort)", file=sys.stderr, flush=True)
+        print(f"nnbackends: rank {self.rank} of {self.size} failed with {type(exc).__name__}: {cause} "
+              f"(ending all {self.size} ranks with MPI_Abort)", file=sys.stderr, flush=True)
         self.comm.Abort(1)
 
     def __repr__(self):
