@@ -196,7 +196,7 @@ def format_metrics(metrics: dict) -> str:
 def cmd_train(args) -> int:
     comm = args.comm
     if not comm.is_root:  # every rank trains; the root alone prints and writes
-        args.quiet, args.json, args.plot = True, False, None
+        args.quiet, args.json = True, False
     if args.save and comm.is_root:
         model_files.check_save_folder(args.save)  # fail now, not after a long run
     X, y, source = load_data(args)
@@ -231,13 +231,13 @@ def cmd_train(args) -> int:
     history = model.fit(X, y, epochs=args.epochs, batch_size=args.batch_size, validation_data=validation,
                         verbose=0 if args.quiet else 1, comm=comm)
     final = {k: v[-1] for k, v in history.history.items()}
-    if args.save:
-        model.save(args.save)
+    if args.save:  # on the root; a failure there fails every rank
+        comm.on_root(model.save, args.save)
     if args.plot and history.epochs:
         from .plots import training_report
 
-        training_report(model, X, y, history, args.plot,
-                        title=f"{name}: hidden {args.hidden}, {args.optimizer}, {history.epochs} epochs")
+        comm.on_root(training_report, model, X, y, history, args.plot,
+                     f"{name}: hidden {args.hidden}, {args.optimizer}, {history.epochs} epochs")
     result = {
         "dataset": name, "task": task, "backend": model.backend.name, "dtype": args.dtype,
         "epochs": history.epochs, "interrupted": history.interrupted, "seconds": history.seconds,

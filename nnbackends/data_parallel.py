@@ -30,15 +30,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from .distributed import MismatchError
+from .distributed import DistributedError, MismatchError
 from .layers import Dropout
 from .metrics import Metric
 from .trainer import BatchSource
 
 
-def prepare(model, comm, x, y, batch_size, shuffle, sharded, step, fused):
+def prepare(model, comm, x, y, epochs, batch_size, shuffle, sharded, step, fused):
     """``(source, step)`` for a distributed fit of ``model``: checks, broadcasts, shares and the summed step."""
-    check_agreement(model, comm, x, batch_size, shuffle, sharded, fused)
+    check_agreement(model, comm, x, epochs, batch_size, shuffle, sharded, fused)
     broadcast_state(model, comm)
     if any(isinstance(layer, Dropout) and layer.rate for layer in model.layers):
         seed = model.rng.integers(2**63)  # the same on every rank; each rank then has its own mask stream
@@ -55,7 +55,7 @@ def summed_step(model, comm, source, step, fused):
         if hasattr(step, "summed_step"):
             return lambda xb, yb: step.summed_step(xb, yb, source.rows_in_step, comm)
         if fused:
-            raise ValueError(f"fused=True, but the {model.backend.name!r} backend's fused step cannot sum "
+            raise DistributedError(f"fused=True, but the {model.backend.name!r} backend's fused step cannot sum "
                              "gradients across ranks yet; use fused=None to train on the per-layer path.")
     return LayerStep(model, comm, source)
 
@@ -68,14 +68,16 @@ def adapt_metric(metric, y_host, comm, sharded):
 
 
 # ---------------------------------------------------------------------- agreement and the start state
-def check_agreement(model, comm, x, batch_size, shuffle, sharded, fused):
+def check_agreement(model, comm, x, epochs, batch_size, shuffle, sharded, fused):
     """``MismatchError`` on every rank when the ranks' models or ``fit`` arguments differ."""
     mine = {
+        "backend": model.backend.name,
         "layers": [repr(layer) for layer in model.layers],
         "dtype": model.dtype,
         "loss": model.loss.name,
         "optimizer": repr(model.optimizer),
         "metric": repr(model.metric and model.metric.config()),
+        "epochs": epochs,
         "batch_size": batch_size,
         "shuffle": bool(shuffle),
         "sharded": bool(sharded),
@@ -120,8 +122,6 @@ class ShareSource(BatchSource):
         self.offset = sum(counts[:comm.rank]) if sharded else 0  # where this rank's rows start in the data set
         self.local_rows = int(x.shape[0])
         super().__init__(backend, x, y, batch_size, shuffle, rng, rows=sum(counts) if sharded else None)
-        if self.n == 0:
-            raise MismatchError("fit(comm=..., sharded=True): no rank passed any rows.")
         self.rows_in_step = 0
 
     def batches(self):

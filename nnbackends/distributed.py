@@ -37,12 +37,20 @@ INSTALL = 'pip install "nnbackends[mpi]"  (mpi4py and the mpich library; or mpi4
 LAUNCHER_VARIABLES = ("PMI_SIZE", "PMI_RANK", "PMIX_RANK", "OMPI_COMM_WORLD_SIZE", "MPI_LOCALNRANKS")
 
 
-class MismatchError(ValueError):
-    """``fit`` was called with different models or arguments on different ranks (raised on every rank)."""
+class DistributedError(ValueError):
+    """A distributed ``fit`` that cannot run as asked, found by every rank together."""
+
+
+class MismatchError(DistributedError):
+    """``fit`` was called with different models or arguments on different ranks."""
+
+
+class RootFailedError(DistributedError):
+    """What the root alone did for every rank (``comm.on_root``: a save) failed."""
 
 
 #: Errors every rank raises at the same point, so they need no abort to end the job.
-COLLECTIVE_ERRORS = (TrainingDivergedError, MismatchError)
+COLLECTIVE_ERRORS = (TrainingDivergedError, DistributedError)
 
 
 class MPIUnavailableError(ImportError):
@@ -76,6 +84,11 @@ class SingleProcess:
     def agreed(self, flag):
         """A function that tells whether ``flag()`` is true on any rank; every rank must call it together."""
         return flag
+
+    def on_root(self, fn, *args):
+        """``fn(*args)`` on the root alone (a save, a plot), called by every rank together: a failure
+        there raises ``RootFailedError`` on every rank, so all of them exit alike."""
+        return fn(*args)
 
     @contextlib.contextmanager
     def guard(self, show_traceback=True):
@@ -130,6 +143,20 @@ class MPIComm(SingleProcess):
             self.comm.Allreduce(self.MPI.IN_PLACE, self._flag, op=self.MPI.MAX)
             return bool(self._flag[0])
         return any_rank
+
+    def on_root(self, fn, *args):
+        if self.size == 1:
+            return fn(*args)
+        failure = None
+        if self.is_root:
+            try:
+                fn(*args)
+            except Exception as exc:
+                failure = exc
+        cause = self.bcast(None if failure is None else f"{type(failure).__name__}: {failure}")
+        if cause is not None:
+            raise RootFailedError(f"rank 0 of {self.size} failed in {getattr(fn, '__name__', 'a call')}() with "
+                                  f"{cause}") from failure
 
     @contextlib.contextmanager
     def guard(self, show_traceback=True):

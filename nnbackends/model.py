@@ -220,7 +220,8 @@ class Model:
         step = self._step_function(fused)
         self.comm = comm
         if comm.size > 1:
-            source, step = data_parallel.prepare(self, comm, x, y_dev, batch_size, shuffle, sharded, step, fused)
+            source, step = data_parallel.prepare(self, comm, x, y_dev, epochs, batch_size, shuffle, sharded, step,
+                                                 fused)
         else:
             source = BatchSource(self.backend, x, y_dev, batch_size, shuffle, self.rng)
         progress = make_progress(verbose if comm.is_root else 0, epochs, source.steps_per_epoch)
