@@ -246,6 +246,22 @@ def test_without_mpi4py_distributed_training_says_what_to_install(monkeypatch, c
     assert err.startswith("nnbackends train: error: Distributed training needs mpi4py") and "mpich" in err
 
 
+@needs_mpi
+def test_bench_distributed_compares_ranks_with_threads_and_reports_the_allreduce_share():
+    from nnbackends.bench import distributed
+
+    report = distributed.run(2, "numba", ("digits",), launches=1, rounds=2, progress=lambda text: None)
+    rows = {r["config"]: r for r in report["rows"]}
+    assert set(rows) == {"2 ranks x 1 thread", "1 rank x 2 threads"}
+    ranks, alone = rows["2 ranks x 1 thread"], rows["1 rank x 2 threads"]
+    assert ranks["rounds"] == alone["rounds"] == 2 and ranks["step_s"] > 0 and alone["step_s"] > 0
+    assert 0 < ranks["allreduce_share"] < 1 and alone["allreduce_share"] is None
+    assert alone["speed_vs_one_rank"] == 1.0
+    assert ranks["speed_vs_one_rank"] == pytest.approx(alone["step_s"] / ranks["step_s"])
+    table = distributed.format_table(report)
+    assert "digits" in table and "2 ranks x 1 thread" in table and report["cpu"] in table
+
+
 # ---------------------------------------------------------------------- shares, in this process
 class StandIn(SingleProcess):
     """Rank ``rank`` of ``size`` for the batch shares, which gather only the ranks' row counts."""
