@@ -23,7 +23,7 @@ import pytest
 
 from cli_helpers import ROOT, cli_env, run_cli
 from distributed_cases import CASES, train
-from nnbackends import Model, load_model
+from nnbackends import Model, datasets, load_model
 from nnbackends.backends import get_backend
 from nnbackends.data_parallel import ShareSource
 from nnbackends.distributed import MPIUnavailableError, SingleProcess
@@ -214,6 +214,19 @@ def test_cli_trains_on_two_ranks_like_one_process_and_only_rank_0_prints_and_sav
     for a, b in zip(load_model(tmp_path / "two.safetensors").get_weights(),
                     load_model(tmp_path / "one.safetensors").get_weights()):
         assert relative(a, b) <= 1e-10
+
+
+@needs_mpi
+def test_the_readme_commands_for_one_machine_and_for_several_hosts(tmp_path):
+    from test_readme import code_blocks, section
+
+    one_machine, hosts = code_blocks(section("Training on several processes"), "bash")
+    head = "OPENBLAS_NUM_THREADS=1 mpiexec -n 2 nnbackends "
+    assert one_machine.startswith(head) and "--distributed" in one_machine
+    assert "-hosts node1:4,node2:4" in hosts and "-f hostfile" in hosts and hosts.count("--distributed") == 2
+    proc, _ = mpiexec(2, sys.executable, "-m", "nnbackends", *one_machine[len(head):].split(), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert load_model(tmp_path / "digits.safetensors").evaluate(*datasets.load_digits())["accuracy"] > 0.9
 
 
 @needs_mpi
