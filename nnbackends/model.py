@@ -195,7 +195,8 @@ class Model:
         is the global batch, each rank passes the whole data set, or only its own
         rows with ``sharded=True``; every rank ends with the same weights and
         history, and only the root shows progress (``nnbackends.data_parallel``).
-        An exception on one rank ends every rank (``MPIComm.guard``).
+        ``validation_data``, evaluated on each rank, should be the same on every
+        rank. An exception on one rank ends every rank (``MPIComm.guard``).
         """
         comm = as_comm(comm)
         with comm.guard():

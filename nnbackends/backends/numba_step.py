@@ -10,7 +10,8 @@ and the optimizer update. Thin networks run ``numba_kernels.loops_step``:
 blocks of samples through every layer with loop products on feature-major
 buffers (every inner loop runs over samples, so it vectorizes at any layer
 width); the others run ``blas_step``, a layer at a time on BLAS
-(``runs_on_blas`` says which).
+(``runs_on_blas`` says which). In a distributed fit, ``FusedStep.summed_step``
+runs the same pass, sums the gradient buffer over the ranks, then updates.
 """
 from __future__ import annotations
 
@@ -68,6 +69,8 @@ class FusedStep:
     move into one flat buffer each, and every ``Param``'s ``value``, ``grad`` and
     ``state`` arrays become views of those (the trainer and the optimizers write
     them in place), so the step takes a few arrays and updates them in one loop.
+    The gradient buffer has two slots more (``G_sums``), where ``summed_step`` puts
+    a rank's share of the loss and accuracy, so that one allreduce carries all three.
     """
 
     def __init__(self, model, plan):
