@@ -55,8 +55,8 @@ def summed_step(model, comm, source, step, fused):
         if hasattr(step, "summed_step"):
             return lambda xb, yb: step.summed_step(xb, yb, source.rows_in_step, comm)
         if fused:
-            raise DistributedError(f"fused=True, but the {model.backend.name!r} backend's fused step cannot sum "
-                             "gradients across ranks yet; use fused=None to train on the per-layer path.")
+            raise DistributedError(f"fused=True, but the {model.backend.name!r} backend's fused step cannot "
+                                   "sum gradients across ranks yet; use fused=None to train on the per-layer path.")
     return LayerStep(model, comm, source)
 
 
@@ -91,7 +91,7 @@ def check_agreement(model, comm, x, epochs, batch_size, shuffle, sharded, fused)
     if differing:
         detail = "; ".join(f"{key}: " + ", ".join(f"rank {r} {other[key]!r}" for r, other in enumerate(everyone))
                            for key in differing)
-        hint = (" (each rank holding only its own rows? pass sharded=True)" if "rows" in differing else "")
+        hint = " (each rank holding only its own rows? pass sharded=True)" if "rows" in differing else ""
         raise MismatchError(f"fit(comm=...) needs the same model and arguments on every rank, but they "
                             f"differ in {detail}{hint}.")
 
