@@ -182,7 +182,9 @@ class MPIComm(SingleProcess):
         cause = " ".join(str(exc).split()) or "(no message)"
         print(f"nnbackends: rank {self.rank} of {self.size} failed with {type(exc).__name__}: {cause} "
               f"(ending all {self.size} ranks with MPI_Abort)", file=sys.stderr, flush=True)
+        sys.stdout.flush()
         self.comm.Abort(1)
+        os._exit(1)  # MPICH's MPI_Abort may return before the launcher kills this process
 
     def __repr__(self):
         return f"MPIComm(rank={self.rank}, size={self.size})"
