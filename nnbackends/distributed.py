@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import time
 import traceback
 
 import numpy as np
@@ -32,6 +33,8 @@ from .errors import TrainingDivergedError
 
 #: How to install what MPIComm needs.
 INSTALL = 'pip install "nnbackends[mpi]"  (mpi4py and the mpich library; or mpi4py over your system MPI)'
+#: Seconds between a failing rank's message and MPI_Abort, for the launcher to pass the message on.
+ABORT_DELAY_S = 1.0
 #: Environment variables that MPI launchers set in every process they start (MPICH/Hydra, PMIx,
 #: Open MPI, Slurm's PMI); none of them set means this process was not started by mpiexec.
 LAUNCHER_VARIABLES = ("PMI_SIZE", "PMI_RANK", "PMIX_RANK", "OMPI_COMM_WORLD_SIZE", "MPI_LOCALNRANKS")
@@ -183,6 +186,9 @@ class MPIComm(SingleProcess):
         print(f"nnbackends: rank {self.rank} of {self.size} failed with {type(exc).__name__}: {cause} "
               f"(ending all {self.size} ranks with MPI_Abort)", file=sys.stderr, flush=True)
         sys.stdout.flush()
+        # The launcher forwards a rank's output through a pipe; MPI_Abort at once could kill the
+        # job before it has passed the message on (seen under load), so give it a moment.
+        time.sleep(ABORT_DELAY_S)
         self.comm.Abort(1)
         os._exit(1)  # MPICH's MPI_Abort may return before the launcher kills this process
 
