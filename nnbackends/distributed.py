@@ -22,6 +22,8 @@ does not need it.
 from __future__ import annotations
 
 import contextlib
+import functools
+import inspect
 import os
 import sys
 import time
@@ -105,6 +107,17 @@ class SingleProcess:
 def as_comm(comm):
     """``comm`` itself, or ``SingleProcess()`` for None."""
     return SingleProcess() if comm is None else comm
+
+
+def guarded(method):
+    """``method`` run inside ``guard()`` of the communicator it is given as its ``comm`` argument."""
+    signature = inspect.signature(method)
+
+    @functools.wraps(method)
+    def call(*args, **kwargs):
+        with as_comm(signature.bind(*args, **kwargs).arguments.get("comm")).guard():
+            return method(*args, **kwargs)
+    return call
 
 
 class MPIComm(SingleProcess):

@@ -15,7 +15,7 @@ import numpy as np
 
 from . import data_parallel
 from .backends import Backend, get_backend
-from .distributed import as_comm
+from .distributed import as_comm, guarded
 from .errors import ModelFileError
 from .history import History
 from .layers import Dense, Layer, Softmax, from_config
@@ -178,6 +178,7 @@ class Model:
             raise RuntimeError("Call model.compile(loss=..., optimizer=...) before fit, evaluate or save.")
 
     # ------------------------------------------------------------------ training
+    @guarded
     def fit(self, X, y, epochs=1, batch_size=None, shuffle=True, validation_data=None, verbose=1,
             fused=None, compiled=None, comm=None, sharded=False) -> History:
         """Train; returns a History of per-epoch ``loss``, ``accuracy`` and ``val_`` entries.
@@ -196,14 +197,9 @@ class Model:
         rows with ``sharded=True``; every rank ends with the same weights and
         history, and only the root shows progress (``nnbackends.data_parallel``).
         ``validation_data``, evaluated on each rank, should be the same on every
-        rank. An exception on one rank ends every rank (``MPIComm.guard``).
+        rank. An exception on one rank ends every rank (``distributed.guarded``).
         """
         comm = as_comm(comm)
-        with comm.guard():
-            return self._fit(X, y, epochs, batch_size, shuffle, validation_data, verbose, fused, compiled, comm,
-                             sharded)
-
-    def _fit(self, X, y, epochs, batch_size, shuffle, validation_data, verbose, fused, compiled, comm, sharded):
         if compiled is not None:
             warnings.warn("fit(compiled=...) is deprecated; use fit(fused=...).", DeprecationWarning, stacklevel=3)
             fused = compiled if fused is None else fused
