@@ -230,11 +230,16 @@ def test_the_readme_commands_for_one_machine_and_for_several_hosts(tmp_path):
 
 
 @needs_mpi
-def test_info_shows_the_mpi_library_and_the_world_size():
-    proc, _ = mpiexec(2, sys.executable, "-m", "nnbackends", "info", "--json")
+def test_info_shows_the_mpi_library_and_the_world_size(tmp_path):
+    # Each rank prints its report to a file of its own: the launcher may interleave long lines.
+    code = ("import contextlib, os\nfrom nnbackends import cli\n"
+            "rank = os.environ.get('PMI_RANK') or os.environ['OMPI_COMM_WORLD_RANK']\n"
+            "with open(f'info{rank}.json', 'w') as f, contextlib.redirect_stdout(f):\n"
+            "    cli.main(['info', '--json'])\n")
+    proc, _ = mpiexec(2, sys.executable, "-c", code, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    reports = [json.loads(line)["mpi"] for line in proc.stdout.strip().splitlines()]
-    assert len(reports) == 2 and all(r["world_size"] == 2 and r["launched_by_mpiexec"] for r in reports)
+    reports = [json.loads((tmp_path / f"info{r}.json").read_text())["mpi"] for r in range(2)]
+    assert all(r["world_size"] == 2 and r["launched_by_mpiexec"] for r in reports)
     assert "MPICH" in reports[0]["library"] or "Open MPI" in reports[0]["library"]
     assert "host memory" in reports[0]["gpu_arrays"]
 
