@@ -133,12 +133,15 @@ class CSVLogger(Callback):
         self.keys = None
 
     def on_train_begin(self, logs=None):
-        if not self.append:
+        self.keys = None
+        self.writes = self.model.comm.is_root  # in a distributed fit, the root writes the one file
+        if self.writes and not self.append:
             with open(self.path, "w", newline=""):
                 pass
-        self.keys = None
 
     def on_epoch_end(self, epoch, logs=None):
+        if not self.writes:
+            return
         new_file = not os.path.exists(self.path) or os.path.getsize(self.path) == 0
         if self.keys is None:
             self.keys = list(logs)

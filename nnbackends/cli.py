@@ -13,6 +13,7 @@ import numpy as np
 
 from . import bench, cli_training, data_files, datasets, export_command, model_files
 from .backends import ENV_VAR
+from .distributed import MPIComm, SingleProcess, require_mpiexec
 from .errors import BackendUnavailableError, ModelFileError, TrainingDivergedError
 from .layers import ACTIVATIONS, Dense, Dropout, Linear, Softmax, activation
 from .model import Model, load_model
@@ -194,7 +195,10 @@ def format_metrics(metrics: dict) -> str:
 
 # ---------------------------------------------------------------------- commands
 def cmd_train(args) -> int:
-    if args.save:
+    comm = args.comm
+    if not comm.is_root:  # every rank trains; the root alone prints and writes
+        args.quiet, args.json = True, False
+    if args.save and comm.is_root:
         model_files.check_save_folder(args.save)  # fail now, not after a long run
     X, y, source = load_data(args)
     preset = PRESETS[source]
@@ -229,24 +233,25 @@ def cmd_train(args) -> int:
     how = (f" (from {ENV_VAR})" if not args.backend and os.environ.get(ENV_VAR)
            else " (auto)" if (args.backend or "auto").strip().lower() == "auto" else "")
     name = args.data or source
+    ranks = f", {comm.size} ranks (MPI)" if comm.size > 1 else ""
     echo(args, f"training on {name}: {len(X)} samples, {X.shape[1]} features, {task}; "
-               f"backend {model.backend.name}{how}, {args.dtype}")
+               f"backend {model.backend.name}{how}, {args.dtype}{ranks}")
     history = model.fit(X, y, epochs=args.epochs, batch_size=args.batch_size, validation_data=validation,
-                        verbose=0 if args.quiet else 1,
+                        verbose=0 if args.quiet else 1, comm=comm,
                         callbacks=cli_training.make_callbacks(args, validation is not None))
     final = {k: v[-1] for k, v in history.history.items()}
-    if args.save:
-        model.save(args.save)
+    if args.save:  # on the root; a failure there fails every rank
+        comm.on_root(model.save, args.save)
     if args.plot and history.epochs:
         from .plots import training_report
 
-        training_report(model, X, y, history, args.plot,
-                        title=f"{name}: hidden {args.hidden}, {args.optimizer}, {history.epochs} epochs")
+        comm.on_root(training_report, model, X, y, history, args.plot,
+                     f"{name}: hidden {args.hidden}, {args.optimizer}, {history.epochs} epochs")
     result = {
         "dataset": name, "task": task, "backend": model.backend.name, "dtype": args.dtype,
         "epochs": history.epochs, "interrupted": history.interrupted, "seconds": history.seconds,
         "first_epoch_seconds": history.first_epoch_seconds, "steps_per_second": history.steps_per_second,
-        **final, "saved": args.save, "plot": args.plot,
+        **final, "saved": args.save, "plot": args.plot, "ranks": comm.size,
     }
     lines = [f"{history.epochs} epochs in {history.seconds:.2f} s{_speed(history)}  {format_metrics(final)}"]
     if history.interrupted:
@@ -356,6 +361,10 @@ def add_train_parser(sub):
     run.add_argument("--dtype", default="float32", choices=("float32", "float64"),
                      help="floating-point type of weights and data (default: float32)")
     out = p.add_argument_group("output")
+    run.add_argument("--distributed", action="store_true",
+                     help="train data-parallel on the ranks of mpiexec -n N (needs mpi4py: "
+                          "pip install 'nnbackends[mpi]'); --batch-size is the global batch, rank 0 prints "
+                          "and saves (default: off)")
     out.add_argument("--save", metavar="PATH", help="save the trained model to a .safetensors file (default: none)")
     out.add_argument("--plot", metavar="PATH",
                      help="write a PNG: decision regions (2-D classification data) beside the loss and "
@@ -416,8 +425,13 @@ def make_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = make_parser().parse_args(argv)
+    args.comm = SingleProcess()
     try:
-        return args.run(args)
+        if getattr(args, "distributed", False):
+            args.comm = MPIComm()
+            require_mpiexec(args.comm)
+        with args.comm.guard(show_traceback=False):  # a failure on one rank ends every rank
+            return args.run(args)
     except TrainingDivergedError as exc:
         return _fail(args, exc, 1)
     except (ValueError, TypeError, OSError, BackendUnavailableError, ModelFileError, ImportError) as exc:
@@ -425,7 +439,9 @@ def main(argv=None) -> int:
 
 
 def _fail(args, exc, code) -> int:
-    """One line on stderr (the message's own line breaks folded), then the exit code."""
+    """One line on stderr (the message's own line breaks folded; from the root alone when every rank
+    fails alike), then the exit code."""
     message = " ".join(str(exc).split()) or type(exc).__name__
-    print(f"nnbackends {args.command}: error: {message}", file=sys.stderr)
+    if args.comm.is_root:
+        print(f"nnbackends {args.command}: error: {message}", file=sys.stderr)
     return code

@@ -13,6 +13,7 @@ import sys
 from importlib import metadata
 
 from .backends import ENV_VAR, KERNELS, get_backend, registered_backends, resolve_backend, unavailable_reason
+from .distributed import mpi_report
 
 #: Distributions reported with their versions (alternatives: the first installed one is shown).
 DEPENDENCIES = (
@@ -72,6 +73,7 @@ def collect() -> dict:
         "selection": {"environment": os.environ.get(ENV_VAR), "auto": resolve_backend("auto")},
         "backends": backends,
         "blas": _blas(),  # after the backends, so the libraries they load are seen
+        "mpi": mpi_report(),
     }
 
 
@@ -102,4 +104,11 @@ def render(report: dict) -> str:
         lines += [f"  {i['library']} {i['version'] or ''} ({i['api']}): {i['threads']} threads"
                   + (f", {i['threading_layer']} threading" if i["threading_layer"] else "") + f"  [{i['file']}]"
                   for i in blas] or ["  none"]
+    mpi = report["mpi"]
+    if not mpi["available"]:
+        lines.append(f"MPI (distributed training): not available: {mpi['reason']}")
+    else:
+        launched = "started by mpiexec" if mpi["launched_by_mpiexec"] else "not started by mpiexec"
+        lines.append(f"MPI (distributed training): {mpi['library']} ({mpi['standard']}, mpi4py {mpi['mpi4py']}); "
+                     f"world size {mpi['world_size']} ({launched}); GPU arrays go {mpi['gpu_arrays']}")
     return "\n".join(lines)

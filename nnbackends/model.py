@@ -13,7 +13,9 @@ import warnings
 
 import numpy as np
 
+from . import data_parallel
 from .backends import Backend, get_backend
+from .distributed import as_comm, guarded
 from .errors import ModelFileError
 from .history import History
 from .layers import Dense, Layer, Softmax, from_config
@@ -50,6 +52,7 @@ class Model:
         self._fused_step = None
         self.epochs_trained = 0  # over the model's life: saved, and counted on by a resumed fit
         self.stop_training = False  # a callback sets it to end training after the current epoch
+        self.comm = as_comm(None)  # that of the latest fit: only its root writes files
 
     # ------------------------------------------------------------------ building
     def add(self, layer: Layer):
@@ -138,7 +141,17 @@ class Model:
         return total
 
     def train_step(self, x, y, sample_weight=None):
-        """One per-layer step on a batch: returns (data_loss, accuracy, finite).
+        """One per-layer step on a batch: returns (data_loss, accuracy, finite)."""
+        data_loss, accuracy = self.compute_gradients(x, y, sample_weight)
+        params = self.params()
+        if not self.backend.all_finite([data_loss, *(p.grad for p in params)]):
+            return data_loss, accuracy, False
+        for p in params:
+            self.optimizer.update(p)
+        return data_loss, accuracy, True
+
+    def compute_gradients(self, x, y, sample_weight=None):
+        """Forward and backward passes on a batch, filling every ``param.grad``: returns (data_loss, accuracy).
 
         With ``sample_weight`` the objective is ``sum(w * loss) / sum(w)`` over the batch.
         """
@@ -151,12 +164,7 @@ class Model:
             share = _shares(sample_weight)
             data_loss = (self.loss.row_losses(out, y) * share).sum()
             self.backward(out, y, row_scale=share * x.shape[0])
-        params = self.params()
-        if not self.backend.all_finite([data_loss, *(p.grad for p in params)]):
-            return data_loss, accuracy, False
-        for p in params:
-            self.optimizer.update(p)
-        return data_loss, accuracy, True
+        return data_loss, accuracy
 
     def _step_function(self, fused):
         if fused is False:
@@ -186,9 +194,10 @@ class Model:
             raise RuntimeError("Call model.compile(loss=..., optimizer=...) before fit, evaluate or save.")
 
     # ------------------------------------------------------------------ training
+    @guarded
     def fit(self, X, y, epochs=1, batch_size=None, shuffle=True, validation_data=None, verbose=1,
             fused=None, callbacks=(), validation_split=None, sample_weight=None, class_weight=None,
-            compiled=None) -> History:
+            compiled=None, comm=None, sharded=False) -> History:
         """Train; returns a History of per-epoch ``loss``, ``accuracy`` and ``val_`` entries.
 
         ``batch_size=None`` trains on the full batch. ``fused=None`` uses the
@@ -203,9 +212,18 @@ class Model:
         ``TrainingDivergedError`` with the weights of the last finite step kept.
         Ctrl-C stops after the current step and returns the history so far
         (``history.interrupted``).
+
+        ``comm``: an ``nnbackends.distributed.MPIComm`` to train data-parallel over
+        its ranks, every rank calling ``fit`` with the same arguments: ``batch_size``
+        is the global batch, each rank passes the whole data set, or only its own
+        rows with ``sharded=True``; every rank ends with the same weights and
+        history, and only the root shows progress (``nnbackends.data_parallel``).
+        ``validation_data``, evaluated on each rank, should be the same on every
+        rank. An exception on one rank ends every rank (``distributed.guarded``).
         """
+        comm = as_comm(comm)
         if compiled is not None:
-            warnings.warn("fit(compiled=...) is deprecated; use fit(fused=...).", DeprecationWarning, stacklevel=2)
+            warnings.warn("fit(compiled=...) is deprecated; use fit(fused=...).", DeprecationWarning, stacklevel=3)
             fused = compiled if fused is None else fused
         epochs = check_positive_int("epochs", epochs)
         if batch_size is not None:
@@ -226,17 +244,24 @@ class Model:
                 raise TypeError("validation_data must be a tuple (X_val, y_val).")
             val = self._prepare(*validation_data, x_name="X_val", y_name="y_val")[:2]
         if self.metric:
-            self.metric.adapt(y_host)
+            data_parallel.adapt_metric(self.metric, y_host, comm, sharded)
         arrays = (x, y_dev)
         if weights is None:
             step = self._step_function(fused)
         elif fused:
             raise ValueError("fused=True, but fused steps take no sample or class weights; use fused=None.")
+        elif comm.size > 1:
+            raise ValueError("A distributed fit takes no sample or class weights yet; fit without them.")
         else:
             step, arrays = self.train_step, (x, y_dev, self.backend.asarray(weights, self.dtype))
-        source = BatchSource(self.backend, arrays, batch_size, shuffle, self.rng)
-        progress = make_progress(verbose, epochs, source.steps_per_epoch)
-        return Trainer(self, step, source, progress, validation=val, callbacks=callbacks).run(epochs)
+        self.comm = comm
+        if comm.size > 1:
+            source, step = data_parallel.prepare(self, comm, x, y_dev, epochs, batch_size, shuffle, sharded, step,
+                                                 fused)
+        else:
+            source = BatchSource(self.backend, arrays, batch_size, shuffle, self.rng)
+        progress = make_progress(verbose if comm.is_root else 0, epochs, source.steps_per_epoch)
+        return Trainer(self, step, source, progress, validation=val, callbacks=callbacks, comm=comm).run(epochs)
 
     def _sample_weights(self, sample_weight, class_weight, y_host):
         """Host float64 weights per sample from ``sample_weight`` and/or ``class_weight``, or None."""
@@ -341,8 +366,12 @@ class Model:
 
         ``include_optimizer`` also stores what an exact resume needs: the optimizer's
         state arrays and step count, the generator state and the epochs trained.
+        After a distributed ``fit`` only the root of its communicator writes (every
+        rank holds the same weights); the others return at once.
         """
         self._require_loss()
+        if not self.comm.is_root:
+            return
         tensors = {f"layers.{i}.{p.name}": self.backend.to_numpy(p.value)
                    for i, layer in enumerate(self.layers) for p in layer.params()}
         metadata = {

@@ -19,6 +19,7 @@ import time
 import numpy as np
 
 from .callbacks import wants_batches
+from .distributed import as_comm
 from .errors import TrainingDivergedError
 from .history import History
 from .interrupts import deferred_interrupt
@@ -29,9 +30,9 @@ class BatchSource:
     """The batches of one epoch of ``arrays`` (backend arrays of equal length: features, targets and
     optionally sample weights), in order or shuffled by ``rng``."""
 
-    def __init__(self, backend, arrays, batch_size, shuffle, rng):
+    def __init__(self, backend, arrays, batch_size, shuffle, rng, rows=None):
         self.backend, self.arrays, self.rng = backend, tuple(arrays), rng
-        self.n = self.arrays[0].shape[0]
+        self.n = self.arrays[0].shape[0] if rows is None else rows  # an epoch's rows (of all ranks, distributed)
         self.batch_size = self.n if batch_size is None else min(batch_size, self.n)
         self.steps_per_epoch = math.ceil(self.n / self.batch_size)
         self.shuffle = shuffle and self.steps_per_epoch > 1
@@ -132,12 +133,14 @@ class Trainer:
     ``validation``: device arrays ``(x, y)`` evaluated after each epoch, or None;
     ``progress``: the display from ``progress.make_progress``; ``callbacks``: a list of
     ``callbacks.Callback``. Epochs given to callbacks count over the model's life
-    (``model.epochs_trained``), so a resumed run goes on counting.
+    (``model.epochs_trained``), so a resumed run goes on counting. ``comm``: the
+    communicator of a distributed fit (Ctrl-C then stops every rank at the same step).
     """
 
-    def __init__(self, model, step, source, progress, validation=None, callbacks=()):
+    def __init__(self, model, step, source, progress, validation=None, callbacks=(), comm=None):
         self.model, self.step, self.source, self.progress = model, step, source, progress
         self.validation = validation
+        self.comm = as_comm(comm)
         self.callbacks = list(callbacks)
         self.batch_callbacks = [c for c in self.callbacks if wants_batches([c])]
         self.regularized = [p for p in model.params() if p.regularized]
@@ -153,6 +156,7 @@ class Trainer:
         self.start = time.perf_counter()
         # A step that overflows raises TrainingDivergedError; NumPy's warnings would only repeat it.
         with deferred_interrupt() as interrupted, np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            interrupted = self.comm.agreed(interrupted)
             epoch = 1
             while epoch <= epochs:
                 if runs is None:

@@ -902,8 +902,10 @@ def work_at(buf, widths, l, size, feature_major):
 
 
 @jit
-def columns_pass(x, y, mode, P, G, offsets, widths, xT, H, D, rows, tmp, codes, alphas, precision):
+def columns_pass(x, y, mode, P, G, offsets, widths, xT, H, D, rows, tmp, codes, alphas, precision, total):
     """The small-network pass over blocks of ``BLOCK_COLS`` samples; fills ``G``; returns (mean loss, accuracy).
+
+    Means are over ``total`` rows: ``x.shape[0]``, or for one rank's share of a batch the batch's rows.
 
     ``xT`` and the layer arrays in ``H`` (outputs) and ``D`` (their gradients) are
     feature-major, ``rows`` a sample-major buffer for the output layer, where the loss
@@ -914,7 +916,7 @@ def columns_pass(x, y, mode, P, G, offsets, widths, xT, H, D, rows, tmp, codes, 
     n = x.shape[0]
     L = widths.size - 1
     G[:] = 0
-    scale = 1.0 / n if mode == SOFTMAX_CCE else 2.0 / (n * rows.shape[1])
+    scale = 1.0 / total if mode == SOFTMAX_CCE else 2.0 / (total * rows.shape[1])
     block = xT.shape[1]
     loss = hits = 0.0
     for start in range(0, n, block):
@@ -940,12 +942,12 @@ def columns_pass(x, y, mode, P, G, offsets, widths, xT, H, D, rows, tmp, codes, 
             columns_backward(a, work_at(D, widths, l, block, True), weight_at(P, offsets, widths, l),
                              weight_at(G, offsets, widths, l), bias_at(G, offsets, l), dx, mp, l > 0,
                              codes[l - 1], alphas[l - 1])
-    return loss / n, hits / n
+    return loss / total, hits / total
 
 
 @jit
-def blas_pass(x, y, mode, P, G, offsets, widths, H, D, tmp, codes, alphas, precision):
-    """The whole batch a layer at a time on BLAS (sample-major work arrays); fills ``G``."""
+def blas_pass(x, y, mode, P, G, offsets, widths, H, D, tmp, codes, alphas, precision, total):
+    """The whole batch a layer at a time on BLAS (sample-major work arrays); fills ``G``; means over ``total`` rows."""
     n = x.shape[0]
     L = widths.size - 1
     size = tmp.size
@@ -961,7 +963,7 @@ def blas_pass(x, y, mode, P, G, offsets, widths, H, D, tmp, codes, alphas, preci
         a = h
     d = work_at(D, widths, L - 1, size, False)[:n]
     d[:] = a
-    scale = 1.0 / n if mode == SOFTMAX_CCE else 2.0 / (n * d.shape[1])
+    scale = 1.0 / total if mode == SOFTMAX_CCE else 2.0 / (total * d.shape[1])
     loss, hits = output_block(mode, d, y, 0, scale, precision, tmp)
     column_sums(d, bias_at(G, offsets, L - 1))
     for l in range(L - 1, -1, -1):
@@ -974,7 +976,7 @@ def blas_pass(x, y, mode, P, G, offsets, widths, H, D, tmp, codes, alphas, preci
             for r in range(n):
                 act_backward_at(codes[l - 1], alphas[l - 1], a, dx, dx, r, dx.shape[1])
             column_sums(dx, bias_at(G, offsets, l - 1))
-    return loss / n, hits / n
+    return loss / total, hits / total
 
 
 @jit
@@ -1020,7 +1022,8 @@ def update_if_finite(loss, acc, P, G, S1, S2, offsets, regs, opt, hyper, step):
 def loops_step(x, y, mode, P, G, S1, S2, offsets, widths, xT, H, D, rows, tmp, codes, alphas, precision,
                regs, opt, hyper, step):
     """One whole training step on ``columns_pass``; returns ``(data_loss, accuracy, finite)``."""
-    loss, acc = columns_pass(x, y, mode, P, G, offsets, widths, xT, H, D, rows, tmp, codes, alphas, precision)
+    loss, acc = columns_pass(x, y, mode, P, G, offsets, widths, xT, H, D, rows, tmp, codes, alphas, precision,
+                             x.shape[0])
     return update_if_finite(loss, acc, P, G, S1, S2, offsets, regs, opt, hyper, step)
 
 
@@ -1028,7 +1031,7 @@ def loops_step(x, y, mode, P, G, S1, S2, offsets, widths, xT, H, D, rows, tmp, c
 def blas_step(x, y, mode, P, G, S1, S2, offsets, widths, H, D, tmp, codes, alphas, precision,
               regs, opt, hyper, step):
     """One whole training step on ``blas_pass``; returns ``(data_loss, accuracy, finite)``."""
-    loss, acc = blas_pass(x, y, mode, P, G, offsets, widths, H, D, tmp, codes, alphas, precision)
+    loss, acc = blas_pass(x, y, mode, P, G, offsets, widths, H, D, tmp, codes, alphas, precision, x.shape[0])
     return update_if_finite(loss, acc, P, G, S1, S2, offsets, regs, opt, hyper, step)
 
 

@@ -10,7 +10,8 @@ and the optimizer update. Thin networks run ``numba_kernels.loops_step``:
 blocks of samples through every layer with loop products on feature-major
 buffers (every inner loop runs over samples, so it vectorizes at any layer
 width); the others run ``blas_step``, a layer at a time on BLAS
-(``runs_on_blas`` says which).
+(``runs_on_blas`` says which). In a distributed fit, ``FusedStep.summed_step``
+runs the same pass, sums the gradient buffer over the ranks, then updates.
 """
 from __future__ import annotations
 
@@ -54,9 +55,9 @@ def fused_step(model):
     return None if plan is None else FusedStep(model, plan)
 
 
-def _gather(arrays, dtype):
-    """One flat buffer holding copies of ``arrays``, and views of it shaped like each of them."""
-    flat = np.concatenate([np.asarray(a, dtype).reshape(-1) for a in arrays])
+def _gather(arrays, dtype, spare=0):
+    """One flat buffer holding copies of ``arrays`` (then ``spare`` zeros), and views of it shaped like each of them."""
+    flat = np.concatenate([np.asarray(a, dtype).reshape(-1) for a in arrays] + [np.zeros(spare, dtype)])
     bounds = np.cumsum([0] + [a.size for a in arrays])
     return flat, [flat[lo:hi].reshape(a.shape) for a, lo, hi in zip(arrays, bounds[:-1], bounds[1:])]
 
@@ -68,6 +69,8 @@ class FusedStep:
     move into one flat buffer each, and every ``Param``'s ``value``, ``grad`` and
     ``state`` arrays become views of those (the trainer and the optimizers write
     them in place), so the step takes a few arrays and updates them in one loop.
+    The gradient buffer has two slots more (``G_sums``), where ``summed_step`` puts
+    a rank's share of the loss and accuracy, so that one allreduce carries all three.
     """
 
     def __init__(self, model, plan):
@@ -80,7 +83,9 @@ class FusedStep:
         self.offsets = np.cumsum([0] + [p.value.size for p in params]).astype(np.int64)
         self.widths = np.array([dense[0].n_inputs] + [d.n_neurons for d in dense], dtype=np.int64)
         self.P, values = _gather([p.value for p in params], dtype)
-        self.G, grads = _gather([np.zeros_like(p.value) for p in params], dtype)
+        # The gradients, then a share's loss and accuracy: what ``summed_step`` sums over the ranks at once.
+        self.G_sums, grads = _gather([np.zeros_like(p.value) for p in params], dtype, spare=2)
+        self.G, self.sums = self.G_sums[:-2], self.G_sums[-2:]
         states = []
         for name in plan.state_names:
             flat, views = _gather([p.state[name] for p in params], dtype)
@@ -113,15 +118,18 @@ class FusedStep:
             self.capacity = size
 
     def _prepare(self, x, rows):
-        """``x`` as the kernels take it, with the pass chosen and buffers for batches of ``rows``."""
+        """``x`` as the kernels take it, with the pass chosen, buffers for batches of ``rows`` and ``hyper`` set."""
         if self.blas is None:
             self.blas = runs_on_blas(self.widths, rows)
         if rows > self.capacity:
             self._buffers(rows)
+        self._set_hyper()
+        return x if x.flags.c_contiguous else np.ascontiguousarray(x)
+
+    def _set_hyper(self):
         opt = self.model.optimizer
         names = self.hyper_names
         self.hyper[:len(names) + 1] = [opt.current_learning_rate, *(getattr(opt, name) for name in names)]
-        return x if x.flags.c_contiguous else np.ascontiguousarray(x)
 
     def _work(self):
         """The pass's work buffers, as its kernels take them after ``widths``."""
@@ -138,8 +146,7 @@ class FusedStep:
         kernel = K.blas_step if self.blas else K.loops_step
         loss, acc, finite = kernel(x, y, *state, *self._work(), *self._settings(),
                                    self.model.optimizer.iterations + 1)
-        t = self.dtype.type
-        return t(loss), (None if self.model.metric is None else np.float64(acc)), bool(finite)
+        return self._result(loss, acc, finite)
 
     def run(self, x, y, orders, batch_size, rates):
         """Steps over whole epochs in one compiled call (see ``trainer.Trainer``).
@@ -160,6 +167,32 @@ class FusedStep:
                       reg_losses, xb, yb, *state, *self._work(), *self._settings())
         losses = losses.astype(self.dtype).astype(np.float64)  # as the single step reports them
         return int(done), losses, accs, reg_losses
+
+    def summed_step(self, x, y, rows, comm):
+        """The step of one rank's share ``x`` of a global batch of ``rows`` rows (``nnbackends.data_parallel``).
+
+        The gradient pass takes means over ``rows``, so that one sum of ``G_sums`` over
+        the ranks (``comm.sum_inplace``) gives every rank the batch's gradient, loss and
+        accuracy; the regularization gradient, the finiteness check and the update
+        (``apply_update``) then run on what is the same on every rank.
+        """
+        if x.shape[0]:
+            x = self._prepare(x, x.shape[0])
+            codes, alphas, precision = self._settings()[:3]
+            kernel = K.blas_pass if self.blas else K.columns_pass
+            self.sums[:] = kernel(x, y, self.mode, self.P, self.G, self.offsets, self.widths, *self._work(),
+                                  codes, alphas, precision, rows)
+        else:  # an empty share adds nothing
+            self._set_hyper()
+            self.G_sums[:] = 0
+        comm.sum_inplace(self.G_sums)
+        loss, acc = float(self.sums[0]), float(self.sums[1])
+        finite = np.isfinite(loss) and K.apply_update(self.P, self.G, self.S1, self.S2, self.offsets, self.regs,
+                                                      self.opt_code, self.hyper, self.model.optimizer.iterations + 1)
+        return self._result(loss, acc, finite)
+
+    def _result(self, loss, acc, finite):
+        return self.dtype.type(loss), (None if self.model.metric is None else np.float64(acc)), bool(finite)
 
 
 def warm_step(dtype):

@@ -41,11 +41,39 @@ def add_parser(sub):
     p.add_argument("--plot", metavar="PATH", help="draw speed-up against problem size, needs matplotlib (default: no plot)")
     p.add_argument("--compare", metavar="OLD.json", help="show what changed since an earlier --json run (default: no comparison)")
     p.add_argument("--update-readme", metavar="README", help="put the table between the bench-table markers of this file (default: no file)")
+    p.add_argument("--distributed", action="store_true", dest="bench_distributed",
+                   help="instead: --ranks MPI ranks of 1 thread against 1 rank of --ranks threads, training "
+                        "784-256-256-10 at batch 128 and 4096 (or --workloads) on the first of --backends "
+                        "(default numba), with the allreduce's share of the step; needs mpiexec (default: off)")
+    p.add_argument("--ranks", type=int, default=2, help="--distributed: ranks and threads compared (default: 2)")
     p.set_defaults(run=cmd_bench)
     return p
 
 
+def cmd_distributed(args) -> int:
+    from . import distributed
+
+    check_positive_int("--ranks", args.ranks)
+    workloads = _names(args.workloads) or distributed.DEFAULT_WORKLOADS
+    batched = [name for name, w in WORKLOADS.items() if w.batch_size]
+    unknown = [w for w in workloads if w not in batched]
+    if unknown:
+        raise ValueError(f"--workloads: {', '.join(unknown)} cannot be split across ranks; --distributed takes "
+                         f"workloads with a batch size: {', '.join(batched)}.")
+    backend = (_names(args.backends) or ["numba"])[0]
+    launches, rounds = (1, 1) if args.smoke else (2, 3) if args.quick else (3, 5)
+    report = distributed.run(args.ranks, backend, workloads, launches, rounds, args.dtype,
+                             progress=lambda text: print(text, file=sys.stderr, flush=True))
+    print(distributed.format_table(report))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=1)
+    return 0
+
+
 def cmd_bench(args) -> int:
+    if args.bench_distributed:
+        return cmd_distributed(args)
     old = None
     if args.compare:
         with open(args.compare) as f:
