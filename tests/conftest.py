@@ -4,6 +4,11 @@
 cannot run here is skipped with the reason its creation gives. Tests marked
 ``gpu`` are skipped with a reason where no CUDA device answers.
 
+The Numba fused step measures its pass at first use and caches the decision
+(``nnbackends.backends.autotune``): for the session, ``NNBACKENDS_AUTOTUNE_DIR``
+points that cache at a temporary folder (subprocesses inherit it), so no test
+reads a decision from the user's cache or writes one there. Measuring stays on.
+
 The test suite registers one more backend, ``cupy-numpy``: the CuPy backend's
 own array code (``CupyArrayCode``) with NumPy standing in for CuPy, so every
 suite that runs on all backends also checks that code without a GPU.
@@ -13,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from nnbackends.backends import get_backend, register_backend, registered_backends, unavailable_reason
+from nnbackends.backends import autotune, get_backend, register_backend, registered_backends, unavailable_reason
 from nnbackends.backends.cupy_backend import CupyArrayCode
 
 #: The backends the package itself registers (what a CLI subprocess sees).
@@ -37,6 +42,15 @@ def _runnable_backend(request):
 
 backend = pytest.fixture(params=[backend_param(n) for n in registered_backends()])(_runnable_backend)
 package_backend = pytest.fixture(params=[backend_param(n) for n in PACKAGE_BACKENDS])(_runnable_backend)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def autotune_cache(tmp_path_factory):
+    """The session's autotune cache folder, in place of the user's."""
+    folder = tmp_path_factory.mktemp("autotune")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(autotune.DIR_ENV_VAR, str(folder))
+        yield folder
 
 
 @pytest.fixture(params=["float32", "float64"])
