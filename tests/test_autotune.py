@@ -258,3 +258,25 @@ def test_timing_the_candidates_leaves_the_model_unchanged(monkeypatch, measuring
         for name in got.state:
             np.testing.assert_array_equal(got.state[name], want.state[name], err_msg=name)
     assert tuned.optimizer.iterations == plain.optimizer.iterations == 5
+
+
+@needs_numba
+def test_info_shows_the_cache_and_its_decisions(measuring, pass_costs):
+    from nnbackends import info
+    from nnbackends.backends import get_backend
+
+    clock = FakeClock()
+    measuring(clock)
+    pass_costs(clock, loops=1e-5, blas=2e-5)
+    facts = get_backend("numba").describe()
+    assert facts["autotune_cache"] == autotune.cache_path() + " (not written yet)"
+    assert facts["autotune_decisions"] == ["none"]
+    trained()
+    facts = get_backend("numba").describe()
+    assert facts["autotune"].startswith("measuring on") and facts["autotune_cache"] == autotune.cache_path()
+    (line,) = facts["autotune_decisions"]
+    assert line.startswith("work numba fused step, kernels ") and line.endswith(
+        ", dtype float32, widths 2-64-3, batch 300: loops (blas 20 µs, loops 10 µs)"), line
+    text = info.render(info.collect())
+    assert f"    autotune_cache: {autotune.cache_path()}\n" in text
+    assert f"    autotune_decisions:\n      {line}\n" in text
