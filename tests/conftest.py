@@ -15,6 +15,10 @@ suite that runs on all backends also checks that code without a GPU.
 """
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
+
 import numpy as np
 import pytest
 
@@ -44,13 +48,20 @@ backend = pytest.fixture(params=[backend_param(n) for n in registered_backends()
 package_backend = pytest.fixture(params=[backend_param(n) for n in PACKAGE_BACKENDS])(_runnable_backend)
 
 
-@pytest.fixture(scope="session", autouse=True)
-def autotune_cache(tmp_path_factory):
-    """The session's autotune cache folder, in place of the user's."""
-    folder = tmp_path_factory.mktemp("autotune")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv(autotune.DIR_ENV_VAR, str(folder))
-        yield folder
+def pytest_configure(config):
+    """The session's autotune cache folder, in place of the user's: set before any test module is imported,
+    as some copy ``os.environ`` for their subprocesses at import."""
+    config.autotune_saved = os.environ.get(autotune.DIR_ENV_VAR)
+    config.autotune_folder = tempfile.mkdtemp(prefix="nnbackends-autotune-")
+    os.environ[autotune.DIR_ENV_VAR] = config.autotune_folder
+
+
+def pytest_unconfigure(config):
+    shutil.rmtree(config.autotune_folder, ignore_errors=True)
+    if config.autotune_saved is None:
+        os.environ.pop(autotune.DIR_ENV_VAR, None)
+    else:
+        os.environ[autotune.DIR_ENV_VAR] = config.autotune_saved
 
 
 @pytest.fixture(params=["float32", "float64"])
