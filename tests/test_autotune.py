@@ -29,8 +29,10 @@ class FakeClock:
         return self.now
 
 
-class ForbiddenClock:
-    def __call__(self):
+class Forbidden:
+    """A clock (or trial) that must not be used: the decision was cached."""
+
+    def __call__(self, *args):
         raise AssertionError("measured, although the decision was cached")
 
 
@@ -72,10 +74,11 @@ def cached(path=None):
 
 
 def costed(clock, cost, calls):
+    """A candidate for ``Tuner.choose``: preparing it gives a run that takes ``cost`` seconds of ``clock``."""
     def run():
         calls.append(cost)
         clock.now += cost
-    return run
+    return lambda: run
 
 
 # ---------------------------------------------------------------------- the tuner alone
@@ -95,9 +98,9 @@ def test_a_new_tuner_on_the_same_file_reads_the_decision_without_measuring(tmp_p
     autotune.Tuner(tmp_path / "cache.json", clock=clock).choose(
         {"case": 1}, {"a": costed(clock, 2.0, []), "b": costed(clock, 1.0, [])})
     calls = []
-    later = autotune.Tuner(tmp_path / "cache.json", clock=ForbiddenClock())
+    later = autotune.Tuner(tmp_path / "cache.json", clock=Forbidden())
     assert later.choose({"case": 1}, {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}) == "b"
-    assert calls == []
+    assert calls == []  # not even prepared
 
 
 def test_a_decision_taken_on_another_machine_is_kept_but_not_used(tmp_path):
@@ -184,7 +187,10 @@ def trained(dtype="float32", epochs=5):
 
 @needs_numba
 @pytest.mark.parametrize("faster", ["loops", "blas"])
-def test_the_step_runs_the_pass_measured_faster_and_a_second_model_reads_it(measuring, pass_costs, faster):
+def test_the_step_runs_the_pass_measured_faster_and_a_second_model_reads_it(monkeypatch, measuring, pass_costs,
+                                                                           faster):
+    from nnbackends.backends import numba_step
+
     clock = FakeClock()
     tuner = measuring(clock)
     pass_costs(clock, loops=1.0 if faster == "loops" else 5.0, blas=1.0 if faster == "blas" else 5.0)
@@ -194,9 +200,10 @@ def test_the_step_runs_the_pass_measured_faster_and_a_second_model_reads_it(meas
     assert entry["choice"] == faster
     assert entry["case"]["widths"] == "2-64-3" and entry["case"]["batch"] == 300
     assert entry["case"]["dtype"] == "float32"
-    tuner.clock = ForbiddenClock()  # the same process: remembered
+    monkeypatch.setattr(numba_step.FusedStep, "trial", Forbidden())  # a cached decision prepares no trial
+    tuner.clock = Forbidden()  # the same process: remembered
     assert trained()[1].blas is (faster == "blas")
-    measuring(ForbiddenClock())  # another process: read from the file
+    measuring(Forbidden())  # another process: read from the file
     assert trained()[1].blas is (faster == "blas")
 
 
@@ -216,7 +223,7 @@ def test_each_batch_size_and_dtype_is_its_own_decision(measuring, pass_costs):
 def test_measuring_off_uses_the_built_in_rule(monkeypatch, measuring):
     from nnbackends.backends import numba_step
 
-    measuring(ForbiddenClock())
+    measuring(Forbidden())
     monkeypatch.setenv(autotune.ENV_VAR, "0")
     asked = []
     monkeypatch.setattr(numba_step, "runs_on_blas", lambda widths, batch: asked.append((list(widths), batch)) or True)

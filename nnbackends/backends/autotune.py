@@ -3,13 +3,15 @@
 A caller with several interchangeable variants of some work (the Numba fused step's loop
 pass and BLAS pass) asks ``tuner().choose(case, candidates)``, where ``case`` describes the
 work (dtype, layer widths, batch size, ...) and ``candidates`` maps each variant's name to a
-callable that runs it once without side effects the caller cares about. The first time a
-case is seen on a machine, each candidate is called once untimed (its first call compiles or
-loads compiled code), then the candidates are timed in alternating rounds for about
+function that prepares it (scratch buffers and the like, made only when measuring) and returns
+a callable that runs it once without side effects the caller cares about. The first time a
+case is seen on a machine, each candidate is prepared and called once untimed (its first call
+compiles or loads compiled code), then the candidates are timed in alternating rounds for about
 ``BUDGET`` seconds (at least ``MIN_ROUNDS``, at most ``MAX_ROUNDS`` rounds) and the one with
 the lowest time is kept (the minimum: on a shared machine it is what a run costs when
 nothing interrupts it). The decision is written to a JSON cache file; later processes on
-the same machine read it and measure nothing (the idea of FFTW's wisdom).
+the same machine read it and measure nothing (the idea of FFTW's wisdom). Delete the file to
+measure again (a decision taken while the machine was busy stays until then).
 
 A decision's key is the machine (CPU model, number of usable CPUs, versions of numba, numpy
 and nnbackends) and the case; decisions taken on other machines or with other versions stay
@@ -161,7 +163,8 @@ class Tuner:
         self._warned = set()
 
     def choose(self, case: dict, candidates: dict) -> str:
-        """The name of the fastest of ``candidates`` for ``case``: remembered, else measured and remembered."""
+        """The name of the fastest of ``candidates`` (``{name: prepare}``, ``prepare()`` returning the callable
+        to time) for ``case``: remembered, else measured and remembered."""
         key = _key(machine(), case)
         with self._lock:
             if key not in self._decisions:  # another process may have decided it since the last read
@@ -178,16 +181,17 @@ class Tuner:
         return choice
 
     def measure(self, candidates: dict) -> dict:
-        """``{name: seconds}``, each candidate's fastest timed call (its first call is not timed)."""
-        for run in candidates.values():
+        """``{name: seconds}``, each prepared candidate's fastest timed call (its first call is not timed)."""
+        runs = {name: prepare() for name, prepare in candidates.items()}
+        for run in runs.values():
             run()
-        names = list(candidates)
+        names = list(runs)
         times = {name: [] for name in names}
         start, rounds = self.clock(), 0
         while rounds < self.max_rounds and (rounds < self.min_rounds or self.clock() - start < self.budget):
             for name in (names if rounds % 2 == 0 else names[::-1]):  # alternate: no candidate always goes first
                 t0 = self.clock()
-                candidates[name]()
+                runs[name]()
                 times[name].append(self.clock() - t0)
             rounds += 1
         return {name: min(t) for name, t in times.items()}

@@ -58,7 +58,7 @@ def pick_pass(step, x, y) -> bool:
         return runs_on_blas(step.widths, x.shape[0])
     case = {"work": "numba fused step", "kernels": _kernels_digest(), "dtype": step.dtype.name,
             "widths": "-".join(map(str, step.widths)), "batch": x.shape[0]}
-    trials = {"loops": step.trial(False, x, y), "blas": step.trial(True, x, y)}
+    trials = {"loops": functools.partial(step.trial, False, x, y), "blas": functools.partial(step.trial, True, x, y)}
     return autotune.tuner().choose(case, trials) == "blas"
 
 
