@@ -87,10 +87,24 @@ def test_the_fastest_candidate_is_kept_and_written(tmp_path):
     tuner = autotune.Tuner(tmp_path / "cache.json", clock=clock)
     candidates = {name: costed(clock, cost, calls) for name, cost in (("a", 3.0), ("b", 1.0), ("c", 2.0))}
     assert tuner.choose({"case": 1}, candidates) == "b"
-    assert calls.count(3.0) == calls.count(1.0) == calls.count(2.0) >= 1 + autotune.MIN_ROUNDS  # 1 untimed
+    assert calls.count(3.0) == calls.count(1.0) == calls.count(2.0) == 2  # an untimed call, a timed round
     (entry,) = cached(tmp_path / "cache.json").values()
     assert entry["choice"] == "b" and entry["case"] == {"case": 1} and entry["machine"] == autotune.machine()
     assert entry["seconds"] == {"a": 3.0, "b": 1.0, "c": 2.0}
+
+
+@pytest.mark.parametrize("cost, rounds", [
+    (0.25, 3),  # two rounds reach the budget of 1 s; a third for MIN_ROUNDS
+    (0.125, 4),  # four rounds reach it
+    (1.5, 1),  # one round is past twice the budget: no more
+    (2.0 ** -10, autotune.MAX_ROUNDS),
+])
+def test_the_rounds_follow_the_budget(tmp_path, cost, rounds):
+    assert autotune.MIN_ROUNDS == 3
+    clock, calls = FakeClock(), []
+    tuner = autotune.Tuner(tmp_path / "cache.json", clock=clock, budget=1.0)
+    tuner.choose({"case": 1}, {"a": costed(clock, cost, calls), "b": costed(clock, cost, calls)})
+    assert len(calls) == 2 * (1 + rounds)
 
 
 def test_a_new_tuner_on_the_same_file_reads_the_decision_without_measuring(tmp_path):

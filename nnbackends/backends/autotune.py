@@ -6,9 +6,10 @@ work (dtype, layer widths, batch size, ...) and ``candidates`` maps each variant
 function that prepares it (scratch buffers and the like, made only when measuring) and returns
 a callable that runs it once without side effects the caller cares about. The first time a
 case is seen on a machine, each candidate is prepared and called once untimed (its first call
-compiles or loads compiled code), then the candidates are timed in alternating rounds for about
-``BUDGET`` seconds (at least ``MIN_ROUNDS``, at most ``MAX_ROUNDS`` rounds) and the one with
-the lowest time is kept (the minimum: on a shared machine it is what a run costs when
+compiles or loads compiled code), then the candidates are timed in alternating rounds until
+``BUDGET`` seconds have passed and ``MIN_ROUNDS`` rounds are done, or twice ``BUDGET`` has
+passed (a slow step gets fewer rounds, never fewer than one), or ``MAX_ROUNDS`` are done; the one
+with the lowest time is kept (the minimum: on a shared machine it is what a run costs when
 nothing interrupts it). The decision is written to a JSON cache file; later processes on
 the same machine read it and measure nothing (the idea of FFTW's wisdom). Delete the file to
 measure again (a decision taken while the machine was busy stays until then).
@@ -187,14 +188,23 @@ class Tuner:
             run()
         names = list(runs)
         times = {name: [] for name in names}
-        start, rounds = self.clock(), 0
-        while rounds < self.max_rounds and (rounds < self.min_rounds or self.clock() - start < self.budget):
+        start, rounds, elapsed = self.clock(), 0, 0.0
+        while self._another_round(rounds, elapsed):
             for name in (names if rounds % 2 == 0 else names[::-1]):  # alternate: no candidate always goes first
                 t0 = self.clock()
                 runs[name]()
                 times[name].append(self.clock() - t0)
-            rounds += 1
+            rounds, elapsed = rounds + 1, self.clock() - start
         return {name: min(t) for name, t in times.items()}
+
+    def _another_round(self, rounds, elapsed) -> bool:
+        """Whether to time another round, after ``rounds`` of them took ``elapsed`` seconds (see the module
+        docstring)."""
+        if rounds == 0:
+            return True
+        if rounds >= self.max_rounds or elapsed >= 2 * self.budget:
+            return False
+        return elapsed < self.budget or rounds < self.min_rounds
 
     def _read(self) -> dict:
         decisions, problem = read_cache(self.path)
