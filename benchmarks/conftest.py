@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 from nnbackends import bench
-from nnbackends.backends import registered_backends
+from nnbackends.backends import autotune, registered_backends
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -50,6 +50,18 @@ def bench_backend(request):
 @pytest.fixture
 def smoke_mode(request) -> bool:
     return smoke(request.config)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def autotune_cache(request, tmp_path_factory):
+    """In the normal test run, the Numba step's measured decisions go to a temporary folder, not the
+    user's cache; a real benchmark run measures and caches as a user's run does."""
+    if not smoke(request.config):
+        yield None
+        return
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(autotune.DIR_ENV_VAR, str(tmp_path_factory.mktemp("autotune")))
+        yield
 
 
 @pytest.fixture

@@ -95,7 +95,9 @@ def render(report: dict) -> str:
         lines.append(f"    native kernels: {len(native)} of {len(native) + len(inherited)}"
                      + (f"; inherited array-module defaults: {', '.join(inherited)}" if inherited else " (all)"))
         lines.append(f"    BLAS kernels: {', '.join(b['blas_kernels']) or 'none'}")
-        lines += [f"    {key}: {value}" for key, value in b["facts"].items()]
+        for key, value in b["facts"].items():  # a list shows an item a line
+            is_list = isinstance(value, list)
+            lines += [f"    {key}:", *(f"      {v}" for v in value)] if is_list else [f"    {key}: {value}"]
     blas = report["blas"]
     if isinstance(blas, str):
         lines.append(f"BLAS: {blas}")

@@ -4,6 +4,11 @@
 cannot run here is skipped with the reason its creation gives. Tests marked
 ``gpu`` are skipped with a reason where no CUDA device answers.
 
+The Numba fused step measures its pass at first use and caches the decision
+(``nnbackends.backends.autotune``): for the session, ``NNBACKENDS_AUTOTUNE_DIR``
+points that cache at a temporary folder (subprocesses inherit it), so no test
+reads a decision from the user's cache or writes one there. Measuring stays on.
+
 The test suite registers one more backend, ``cupy-numpy``: the CuPy backend's
 own array code (``CupyArrayCode``) with NumPy standing in for CuPy, so every
 suite that runs on all backends also checks that code without a GPU.
@@ -14,11 +19,13 @@ products (about 1e-3 relative) would fail every float32 tolerance.
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 
 import numpy as np
 import pytest
 
-from nnbackends.backends import get_backend, register_backend, registered_backends, unavailable_reason
+from nnbackends.backends import autotune, get_backend, register_backend, registered_backends, unavailable_reason
 from nnbackends.backends.cupy_backend import CupyArrayCode
 
 os.environ.pop("CUPY_TF32", None)
@@ -44,6 +51,22 @@ def _runnable_backend(request):
 
 backend = pytest.fixture(params=[backend_param(n) for n in registered_backends()])(_runnable_backend)
 package_backend = pytest.fixture(params=[backend_param(n) for n in PACKAGE_BACKENDS])(_runnable_backend)
+
+
+def pytest_configure(config):
+    """The session's autotune cache folder, in place of the user's: set before any test module is imported,
+    as some copy ``os.environ`` for their subprocesses at import."""
+    config.autotune_saved = os.environ.get(autotune.DIR_ENV_VAR)
+    config.autotune_folder = tempfile.mkdtemp(prefix="nnbackends-autotune-")
+    os.environ[autotune.DIR_ENV_VAR] = config.autotune_folder
+
+
+def pytest_unconfigure(config):
+    shutil.rmtree(config.autotune_folder, ignore_errors=True)
+    if config.autotune_saved is None:
+        os.environ.pop(autotune.DIR_ENV_VAR, None)
+    else:
+        os.environ[autotune.DIR_ENV_VAR] = config.autotune_saved
 
 
 @pytest.fixture(params=["float32", "float64"])

@@ -5,7 +5,8 @@ compiled code in ``numba_kernels`` (nothing is forwarded to the NumPy
 backend); matrix products call BLAS from the compiled code (NumPy's own
 OpenBLAS where it can be found, see ``numba_blas``). Compiled code is cached
 on disk where Numba puts its cache (``NUMBA_CACHE_DIR`` when set).
-``fused_step`` builds the fused training step of ``numba_step``.
+``fused_step`` builds the fused training step of ``numba_step``, whose pass is
+measured on the machine and remembered (``autotune``; ``describe`` shows its cache).
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ try:
 except ImportError as exc:  # the registry turns this into BackendUnavailableError
     raise ImportError(f"{exc.name or exc} is not installed") from exc
 
-from . import numba_kernels as K
+from . import autotune, numba_kernels as K
 from .numba_step import fused_step, warm_step
 
 
@@ -183,6 +184,7 @@ class NumbaBackend(ArrayBackend):
             "threads": numba.config.NUMBA_NUM_THREADS,
             "cache_dir": numba.config.CACHE_DIR or "__pycache__ next to the source",
             "blas": K.BLAS,
+            **autotune.describe(),
         }
 
 

@@ -9,22 +9,29 @@ does forward, loss, backward, regularization gradient, the finiteness check
 and the optimizer update. Thin networks run ``numba_kernels.loops_step``:
 blocks of samples through every layer with loop products on feature-major
 buffers (every inner loop runs over samples, so it vectorizes at any layer
-width); the others run ``blas_step``, a layer at a time on BLAS
-(``runs_on_blas`` says which). In a distributed fit, ``FusedStep.summed_step``
-runs the same pass, sums the gradient buffer over the ranks, then updates.
+width); the others run ``blas_step``, a layer at a time on BLAS. Which pass a
+model runs is measured on the machine the first time its shapes are seen
+(``pick_pass``, through ``autotune``); ``runs_on_blas`` is the built-in rule
+used when measuring is off (``NNBACKENDS_AUTOTUNE=0``). In a distributed fit,
+``FusedStep.summed_step`` runs the same pass, sums the gradient buffer over the
+ranks, then updates.
 """
 from __future__ import annotations
 
+import functools
+import hashlib
+
 import numpy as np
 
-from . import numba_kernels as K
+from . import autotune, numba_kernels as K
 from .step_plan import step_plan
 
-#: Networks whose layers' narrow sides add up to at most this run the loop pass (the spiral's
-#: 2-64-3 adds 2 + 3), wider ones BLAS. On a grid of 24 networks and batches of 16 to 1,024
-#: on the 2-core development machine, the pass this picks was on average 0.9% slower than the
-#: faster one, at worst 1.38x (16-32-10 at batch 1,024, where loops win); a cap on the weight
-#: count, used before, was 29% slower on average and 4.9x at worst (64-128-10 at batch 16).
+#: The built-in rule, used when measuring is off: networks whose layers' narrow sides add up to
+#: at most this run the loop pass (the spiral's 2-64-3 adds 2 + 3), wider ones BLAS. On a grid
+#: of 24 networks and batches of 16 to 1,024 on the 2-core AMD machine it was fitted on, the
+#: pass this picks was on average 0.9% slower than the faster one, at worst 1.38x (16-32-10 at
+#: batch 1,024, where loops win); a cap on the weight count, used before, was 29% slower on
+#: average and 4.9x at worst (64-128-10 at batch 16).
 THIN_SIDES = 12
 #: Activation codes of the step by kernel name ("softmax" marks the Softmax+CCE output).
 ACTIVATION_CODES = {"linear": K.LINEAR, "relu": K.RELU, "leaky_relu": K.LEAKY_RELU, "sigmoid": K.SIGMOID,
@@ -40,6 +47,43 @@ def runs_on_blas(widths, batch) -> bool:
     """
     narrow = sum(min(a, b) for a, b in zip(widths, widths[1:]))
     return bool(batch < K.PAD_COLS or narrow > THIN_SIDES)
+
+
+def pick_pass(step, x, y) -> bool:
+    """Whether ``step`` (a ``FusedStep``) runs batches like ``x``, ``y`` on BLAS rather than loops.
+
+    With measuring on, the pass that ``autotune`` measured faster for this dtype, these widths and
+    this batch size on this machine (timed once, on scratch copies: the model is untouched);
+    with it off, ``runs_on_blas``. The one place the pass is decided.
+    """
+    if not autotune.enabled():
+        return runs_on_blas(step.widths, x.shape[0])
+    case = {"work": "numba fused step", "kernels": _kernels_digest(), "dtype": step.dtype.name,
+            "widths": "-".join(map(str, step.widths)), "batch": x.shape[0]}
+    trials = {"loops": functools.partial(step.trial, False, x, y), "blas": functools.partial(step.trial, True, x, y)}
+    return autotune.tuner().choose(case, trials) == "blas"
+
+
+@functools.lru_cache(maxsize=1)
+def _kernels_digest() -> str:
+    """A digest of ``numba_kernels``' source: an edited kernel is measured again (versions stay put in a checkout)."""
+    with open(K.__file__, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()[:12]
+
+
+def _rows_held(blas, n) -> int:
+    """How many rows a pass's work buffers hold for batches of ``n`` rows (the loop pass works in padded blocks)."""
+    return n if blas else -(-min(n, K.BLOCK_COLS) // K.PAD_COLS) * K.PAD_COLS
+
+
+def _work_buffers(blas, widths, size, dtype):
+    """A pass's work buffers for ``size`` rows, as its kernels take them after ``widths``: sample-major
+    ``(H, D, tmp)`` for BLAS; for the loops also the transposed input block and sample-major output rows."""
+    work = int(widths[1:].sum()) * size
+    H, D, tmp = np.empty(work, dtype), np.empty(work, dtype), np.empty(size, dtype)
+    if blas:
+        return H, D, tmp
+    return np.empty((widths[0], size), dtype), H, D, np.empty((size, widths[-1]), dtype), tmp
 
 
 #: Step code of each update kernel the step runs.
@@ -103,28 +147,24 @@ class FusedStep:
         self.hyper = np.zeros(4)
         self.blas = None  # which pass: chosen on the first batch, then kept (a pass compiles on first use)
         self.capacity = 0
-        self.xT = self.H = self.D = self.rows = self.tmp = None
+        self.work = None  # the chosen pass's work buffers (``_work``)
 
     def _buffers(self, n):
-        """Buffers for batches of ``n`` rows: sample-major for BLAS, feature-major blocks for the loops."""
-        size = n if self.blas else -(-min(n, K.BLOCK_COLS) // K.PAD_COLS) * K.PAD_COLS
+        """Work buffers for batches of ``n`` rows, for the chosen pass."""
+        size = _rows_held(self.blas, n)
         if size > self.capacity:
-            work = int(self.widths[1:].sum()) * size
-            self.H, self.D = np.empty(work, self.dtype), np.empty(work, self.dtype)
-            self.tmp = np.empty(size, self.dtype)
-            if not self.blas:  # the loop pass's transposed input block and sample-major output rows
-                self.xT = np.empty((self.widths[0], size), self.dtype)
-                self.rows = np.empty((size, self.widths[-1]), self.dtype)
+            self.work = _work_buffers(self.blas, self.widths, size, self.dtype)
             self.capacity = size
 
-    def _prepare(self, x, rows):
-        """``x`` as the kernels take it, with the pass chosen, buffers for batches of ``rows`` and ``hyper`` set."""
+    def _prepare(self, x, y, rows):
+        """``x`` as the kernels take it, with ``hyper`` set, the pass chosen and buffers for batches of ``rows``."""
+        x = x if x.flags.c_contiguous else np.ascontiguousarray(x)
+        self._set_hyper()
         if self.blas is None:
-            self.blas = runs_on_blas(self.widths, rows)
+            self.blas = pick_pass(self, x[:rows], y[:rows])
         if rows > self.capacity:
             self._buffers(rows)
-        self._set_hyper()
-        return x if x.flags.c_contiguous else np.ascontiguousarray(x)
+        return x
 
     def _set_hyper(self):
         opt = self.model.optimizer
@@ -133,7 +173,15 @@ class FusedStep:
 
     def _work(self):
         """The pass's work buffers, as its kernels take them after ``widths``."""
-        return (self.H, self.D, self.tmp) if self.blas else (self.xT, self.H, self.D, self.rows, self.tmp)
+        return self.work
+
+    def trial(self, blas, x, y):
+        """A call of one pass's step on batch ``x``, ``y`` that changes nothing of the model: it updates
+        scratch copies of the parameters, gradients and optimizer state, in its own work buffers."""
+        state = (self.mode, self.P.copy(), self.G.copy(), self.S1.copy(), self.S2.copy(), self.offsets, self.widths)
+        work = _work_buffers(blas, self.widths, _rows_held(blas, x.shape[0]), self.dtype)
+        settings = self._settings()[:-1] + (self.hyper.copy(), self.model.optimizer.iterations + 1)
+        return lambda: (K.blas_step if blas else K.loops_step)(x, y, *state, *work, *settings)
 
     def _settings(self):
         """The arguments the kernels take after the work buffers, up to ``hyper``."""
@@ -141,7 +189,7 @@ class FusedStep:
         return self.codes, self.alphas, precision, self.regs, self.opt_code, self.hyper
 
     def __call__(self, x, y):
-        x = self._prepare(x, x.shape[0])
+        x = self._prepare(x, y, x.shape[0])
         state = (self.mode, self.P, self.G, self.S1, self.S2, self.offsets, self.widths)
         kernel = K.blas_step if self.blas else K.loops_step
         loss, acc, finite = kernel(x, y, *state, *self._work(), *self._settings(),
@@ -156,7 +204,7 @@ class FusedStep:
         losses, accuracies, regularization_losses)``, one entry per step asked for:
         ``done < rates.size`` when step ``done`` was not finite (it was not applied).
         """
-        x = self._prepare(x, batch_size)
+        x = self._prepare(x, y, batch_size)
         count = rates.size
         losses, accs, reg_losses = np.zeros(count), np.zeros(count), np.zeros(count)
         rows = batch_size if orders.size else 0
@@ -177,7 +225,7 @@ class FusedStep:
         (``apply_update``) then run on what is the same on every rank.
         """
         if x.shape[0]:
-            x = self._prepare(x, x.shape[0])
+            x = self._prepare(x, y, x.shape[0])
             codes, alphas, precision = self._settings()[:3]
             kernel = K.blas_pass if self.blas else K.columns_pass
             self.sums[:] = kernel(x, y, self.mode, self.P, self.G, self.offsets, self.widths, *self._work(),

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..backends import get_backend, registered_backends, unavailable_reason
+from ..backends.autotune import cpu_name
 from .cases import (BENCH_KERNELS, KERNEL_SIZES, PEERS, QUICK_SIZES, TORCH, TORCH_INSTALL, WARMUP_SECONDS,
                     WORKLOADS, KernelCase, TorchTrainCase, TrainCase)
 from .peer_check import agreement, torch_alone
@@ -221,7 +222,7 @@ def measure_peak(quick=False, smoke=False) -> dict:
 
 def machine_info() -> dict:
     info = {
-        "platform": platform.platform(), "machine": platform.machine(), "cpu": _cpu_name(),
+        "platform": platform.platform(), "machine": platform.machine(), "cpu": cpu_name(),
         "cpu_count": os.cpu_count(), "python": platform.python_version(), "numpy": np.__version__,
         "env": {k: v for k, v in os.environ.items() if k.startswith(("OPENBLAS_", "OMP_", "MKL_", "NUMBA_"))},
     }
@@ -232,14 +233,6 @@ def machine_info() -> dict:
     except ImportError:
         pass
     return info
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
-    except OSError:
-        return platform.processor()
 
 
 @contextlib.contextmanager

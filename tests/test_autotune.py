@@ -1,0 +1,303 @@
+"""Choices measured on the machine: the Numba fused step's pass, timed with a fake clock.
+
+The clock is ``Tuner``'s own argument; the step kernels are wrapped so that each
+call of a pass moves the fake clock by that pass's cost, which makes the
+measurement deterministic. No test asserts on real time.
+"""
+from __future__ import annotations
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+
+from nnbackends.backends import autotune, unavailable_reason
+from test_equivalence import ONE_STEP, assert_weights_close, spiral, spiral_model
+
+needs_numba = pytest.mark.skipif(unavailable_reason("numba") is not None, reason=str(unavailable_reason("numba")))
+
+
+class FakeClock:
+    """A clock that moves only when told to; counts its reads."""
+
+    def __init__(self):
+        self.now, self.reads = 0.0, 0
+
+    def __call__(self):
+        self.reads += 1
+        return self.now
+
+
+class Forbidden:
+    """A clock (or trial) that must not be used: the decision was cached."""
+
+    def __call__(self, *args):
+        raise AssertionError("measured, although the decision was cached")
+
+
+@pytest.fixture
+def measuring(monkeypatch, tmp_path):
+    """Measuring on; returns ``install(clock, folder=tmp_path)``, which puts the cache in ``folder`` and makes
+    a tuner with ``clock`` the one the fused step asks."""
+    monkeypatch.delenv(autotune.ENV_VAR, raising=False)
+
+    def install(clock, folder=tmp_path):
+        monkeypatch.setenv(autotune.DIR_ENV_VAR, str(folder))
+        tuner = autotune.Tuner(autotune.cache_path(), clock=clock)
+        monkeypatch.setattr(autotune, "tuner", lambda: tuner)
+        return tuner
+    return install
+
+
+@pytest.fixture
+def pass_costs(monkeypatch):
+    """``set(clock, loops=..., blas=...)``: each call of a pass's step kernel moves ``clock`` by its cost."""
+    from nnbackends.backends import numba_kernels
+
+    def set_costs(clock, **costs):
+        for name, cost in costs.items():
+            kernel = getattr(numba_kernels, f"{name}_step")
+
+            def timed(*args, _kernel=kernel, _cost=cost):
+                clock.now += _cost
+                return _kernel(*args)
+            monkeypatch.setattr(numba_kernels, f"{name}_step", timed)
+    return set_costs
+
+
+def cached(path=None):
+    """The decisions in the cache file, checked to be a file this version reads."""
+    decisions, problem = autotune.read_cache(path or autotune.cache_path())
+    assert problem is None, problem
+    return decisions
+
+
+def costed(clock, cost, calls):
+    """A candidate for ``Tuner.choose``: preparing it gives a run that takes ``cost`` seconds of ``clock``."""
+    def run():
+        calls.append(cost)
+        clock.now += cost
+    return lambda: run
+
+
+# ---------------------------------------------------------------------- the tuner alone
+def test_the_fastest_candidate_is_kept_and_written(tmp_path):
+    clock, calls = FakeClock(), []
+    tuner = autotune.Tuner(tmp_path / "cache.json", clock=clock)
+    candidates = {name: costed(clock, cost, calls) for name, cost in (("a", 3.0), ("b", 1.0), ("c", 2.0))}
+    assert tuner.choose({"case": 1}, candidates) == "b"
+    assert calls.count(3.0) == calls.count(1.0) == calls.count(2.0) == 2  # an untimed call, a timed round
+    (entry,) = cached(tmp_path / "cache.json").values()
+    assert entry["choice"] == "b" and entry["case"] == {"case": 1} and entry["machine"] == autotune.machine()
+    assert entry["seconds"] == {"a": 3.0, "b": 1.0, "c": 2.0}
+
+
+@pytest.mark.parametrize("cost, rounds", [
+    (0.25, 3),  # two rounds reach the budget of 1 s; a third for MIN_ROUNDS
+    (0.125, 4),  # four rounds reach it
+    (1.5, 1),  # one round is past twice the budget: no more
+    (2.0 ** -10, autotune.MAX_ROUNDS),
+])
+def test_the_rounds_follow_the_budget(tmp_path, cost, rounds):
+    assert autotune.MIN_ROUNDS == 3
+    clock, calls = FakeClock(), []
+    tuner = autotune.Tuner(tmp_path / "cache.json", clock=clock, budget=1.0)
+    tuner.choose({"case": 1}, {"a": costed(clock, cost, calls), "b": costed(clock, cost, calls)})
+    assert len(calls) == 2 * (1 + rounds)
+
+
+def test_a_new_tuner_on_the_same_file_reads_the_decision_without_measuring(tmp_path):
+    clock = FakeClock()
+    autotune.Tuner(tmp_path / "cache.json", clock=clock).choose(
+        {"case": 1}, {"a": costed(clock, 2.0, []), "b": costed(clock, 1.0, [])})
+    calls = []
+    later = autotune.Tuner(tmp_path / "cache.json", clock=Forbidden())
+    assert later.choose({"case": 1}, {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}) == "b"
+    assert calls == []  # not even prepared
+
+
+def test_a_decision_taken_on_another_machine_is_kept_but_not_used(tmp_path):
+    path = tmp_path / "cache.json"
+    clock = FakeClock()
+    tuner = autotune.Tuner(path, clock=clock)
+    tuner.choose({"case": 1}, {"a": costed(clock, 2.0, []), "b": costed(clock, 1.0, [])})
+    data = json.loads(path.read_text())
+    (key, entry), = data["decisions"].items()
+    other = {**entry, "machine": {**entry["machine"], "cpu": "another CPU"}, "choice": "a"}
+    data["decisions"] = {key.replace(entry["machine"]["cpu"], "another CPU"): other}
+    path.write_text(json.dumps(data))
+    clock = FakeClock()
+    fresh = autotune.Tuner(path, clock=clock)
+    assert fresh.choose({"case": 1}, {"a": costed(clock, 2.0, []), "b": costed(clock, 1.0, [])}) == "b"
+    assert clock.reads > 0
+    assert sorted(e["choice"] for e in cached(path).values()) == ["a", "b"]
+
+
+BAD_FILES = {
+    "not-json": ("{decisions: ", "not valid JSON"),
+    "another-format": (json.dumps({"format": "something else", "decisions": {}}), "not an nnbackends-autotune file"),
+    "another-version": (json.dumps({"format": autotune.FORMAT, "version": 0, "decisions": {}}), "format version 0"),
+    "malformed-decisions": (json.dumps({"format": autotune.FORMAT, "version": autotune.FORMAT_VERSION,
+                                        "decisions": {"k": {"choice": 3}}}), "malformed"),
+}
+
+
+@pytest.mark.parametrize("bad", list(BAD_FILES))
+def test_a_corrupt_or_stale_cache_file_is_ignored_with_a_warning_and_replaced(tmp_path, bad):
+    text, problem = BAD_FILES[bad]
+    path = tmp_path / "cache.json"
+    path.write_text(text)
+    clock = FakeClock()
+    with pytest.warns(autotune.AutotuneCacheWarning, match=f"Ignoring the autotune cache .*{problem}"):
+        choice = autotune.Tuner(path, clock=clock).choose({"case": 1}, {"a": costed(clock, 2.0, []),
+                                                                        "b": costed(clock, 1.0, [])})
+    assert choice == "b"
+    assert [e["choice"] for e in cached(path).values()] == ["b"]
+
+
+def test_an_unwritable_cache_warns_once_and_keeps_the_decisions_in_memory(tmp_path):
+    (tmp_path / "a-file").write_text("")
+    clock = FakeClock()
+    tuner = autotune.Tuner(tmp_path / "a-file" / "cache.json", clock=clock)  # its folder cannot be made
+    candidates = {"a": costed(clock, 2.0, []), "b": costed(clock, 1.0, [])}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert tuner.choose({"case": 1}, candidates) == "b"
+        assert tuner.choose({"case": 2}, candidates) == "b"
+        reads = clock.reads
+        assert tuner.choose({"case": 1}, candidates) == "b"
+    assert clock.reads == reads  # remembered for the process
+    messages = [str(w.message) for w in caught if issubclass(w.category, autotune.AutotuneCacheWarning)]
+    assert len(messages) == 1 and "Cannot write the autotune cache" in messages[0], messages
+    assert autotune.DIR_ENV_VAR in messages[0] and f"{autotune.ENV_VAR}=0" in messages[0]
+
+
+def test_the_cache_path_follows_the_environment(monkeypatch, tmp_path):
+    numba = pytest.importorskip("numba")
+    monkeypatch.setenv(autotune.DIR_ENV_VAR, str(tmp_path / "mine"))
+    monkeypatch.setattr(numba.config, "CACHE_DIR", str(tmp_path / "numba"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert autotune.cache_path() == str(tmp_path / "mine" / autotune.FILE_NAME)
+    monkeypatch.delenv(autotune.DIR_ENV_VAR)
+    assert autotune.cache_path() == str(tmp_path / "numba" / autotune.FILE_NAME)  # beside Numba's cache
+    monkeypatch.setattr(numba.config, "CACHE_DIR", "")
+    assert autotune.cache_path() == str(tmp_path / "xdg" / "nnbackends" / autotune.FILE_NAME)
+
+
+@pytest.mark.parametrize("value, on", [("0", False), ("off", False), ("False", False), ("1", True), ("", True)])
+def test_the_environment_variable_turns_measuring_off(monkeypatch, value, on):
+    monkeypatch.setenv(autotune.ENV_VAR, value)
+    assert autotune.enabled() is on
+
+
+# ---------------------------------------------------------------------- the Numba fused step
+def trained(dtype="float32", epochs=5):
+    """A spiral model trained full batch, and its fused step."""
+    model = spiral_model("numba", dtype)
+    model.fit(*spiral(), epochs=epochs, verbose=0)
+    return model, model._fused_step
+
+
+@needs_numba
+@pytest.mark.parametrize("faster", ["loops", "blas"])
+def test_the_step_runs_the_pass_measured_faster_and_a_second_model_reads_it(monkeypatch, measuring, pass_costs,
+                                                                           faster):
+    from nnbackends.backends import numba_step
+
+    clock = FakeClock()
+    tuner = measuring(clock)
+    pass_costs(clock, loops=1.0 if faster == "loops" else 5.0, blas=1.0 if faster == "blas" else 5.0)
+    _, step = trained()
+    assert step.blas is (faster == "blas")
+    (entry,) = cached().values()
+    assert entry["choice"] == faster
+    assert entry["case"]["widths"] == "2-64-3" and entry["case"]["batch"] == 300
+    assert entry["case"]["dtype"] == "float32"
+    monkeypatch.setattr(numba_step.FusedStep, "trial", Forbidden())  # a cached decision prepares no trial
+    tuner.clock = Forbidden()  # the same process: remembered
+    assert trained()[1].blas is (faster == "blas")
+    measuring(Forbidden())  # another process: read from the file
+    assert trained()[1].blas is (faster == "blas")
+
+
+@needs_numba
+def test_each_batch_size_and_dtype_is_its_own_decision(measuring, pass_costs):
+    clock = FakeClock()
+    measuring(clock)
+    pass_costs(clock, loops=1.0, blas=2.0)
+    trained()
+    spiral_model("numba", "float32").fit(*spiral(), epochs=1, batch_size=100, verbose=0)
+    trained("float64")
+    cases = sorted((e["case"]["dtype"], e["case"]["batch"]) for e in cached().values())
+    assert cases == [("float32", 100), ("float32", 300), ("float64", 300)]
+
+
+@needs_numba
+def test_measuring_off_uses_the_built_in_rule(monkeypatch, measuring):
+    from nnbackends.backends import numba_step
+
+    measuring(Forbidden())
+    monkeypatch.setenv(autotune.ENV_VAR, "0")
+    asked = []
+    monkeypatch.setattr(numba_step, "runs_on_blas", lambda widths, batch: asked.append((list(widths), batch)) or True)
+    assert trained()[1].blas is True  # what the (patched) rule said, although loops would be its choice
+    assert asked == [([2, 64, 3], 300)]
+    assert cached() == {}
+
+
+@needs_numba
+def test_every_pass_gives_the_same_numbers(measuring, pass_costs, tmp_path, dtype):
+    weights = {}
+    for faster, slower in (("loops", "blas"), ("blas", "loops")):
+        clock = FakeClock()
+        measuring(clock, tmp_path / faster)
+        pass_costs(clock, **{faster: 1.0, slower: 2.0})
+        model, step = trained(dtype, epochs=10)
+        assert step.blas is (faster == "blas")
+        weights[faster] = model.get_weights()
+    assert_weights_close(weights["loops"], weights["blas"], 10 * ONE_STEP[dtype], "loops against BLAS, 10 steps")
+
+
+@needs_numba
+@pytest.mark.parametrize("faster", ["loops", "blas"])
+def test_timing_the_candidates_leaves_the_model_unchanged(monkeypatch, measuring, pass_costs, faster):
+    from nnbackends.backends import numba_step
+
+    clock = FakeClock()
+    measuring(clock)
+    pass_costs(clock, loops=1.0 if faster == "loops" else 5.0, blas=1.0 if faster == "blas" else 5.0)
+    tuned, step = trained()
+    assert clock.reads > 0  # it did measure
+    monkeypatch.setenv(autotune.ENV_VAR, "0")
+    monkeypatch.setattr(numba_step, "runs_on_blas", lambda widths, batch: step.blas)
+    plain, _ = trained()
+    for got, want in zip(tuned.get_weights(), plain.get_weights(), strict=True):
+        np.testing.assert_array_equal(got, want)
+    for got, want in zip(tuned.params(), plain.params(), strict=True):
+        assert got.state.keys() == want.state.keys()
+        for name in got.state:
+            np.testing.assert_array_equal(got.state[name], want.state[name], err_msg=name)
+    assert tuned.optimizer.iterations == plain.optimizer.iterations == 5
+
+
+@needs_numba
+def test_info_shows_the_cache_and_its_decisions(measuring, pass_costs):
+    from nnbackends import info
+    from nnbackends.backends import get_backend
+
+    clock = FakeClock()
+    measuring(clock)
+    pass_costs(clock, loops=1e-5, blas=2e-5)
+    facts = get_backend("numba").describe()
+    assert facts["autotune_cache"] == autotune.cache_path() + " (not written yet)"
+    assert facts["autotune_decisions"] == ["none"]
+    trained()
+    facts = get_backend("numba").describe()
+    assert facts["autotune"].startswith("measuring on") and facts["autotune_cache"] == autotune.cache_path()
+    (line,) = facts["autotune_decisions"]
+    assert line.startswith("work numba fused step, kernels ") and line.endswith(
+        ", dtype float32, widths 2-64-3, batch 300: loops (blas 20 µs, loops 10 µs)"), line
+    text = info.render(info.collect())
+    assert f"    autotune_cache: {autotune.cache_path()}\n" in text
+    assert f"    autotune_decisions:\n      {line}\n" in text
