@@ -55,12 +55,15 @@ class BatchSource:
     def batches(self):
         """Yield ``(share, batch)`` for each step of an epoch (a new order each epoch when shuffling):
         ``batch`` a tuple like ``arrays``, ``share`` its part of the epoch's rows or sample weight."""
+        if self.steps_per_epoch == 1:  # the full batch, as it is
+            yield 1.0, self.arrays
+            return
         order = self.backend.asarray(self.rng.permutation(self.n)) if self.shuffle else None
         for s in range(self.steps_per_epoch):
             rows = slice(s * self.batch_size, (s + 1) * self.batch_size)
             if order is not None:  # gather a batch at a time: no shuffled copy of the whole data
                 rows = order[rows]
-            batch = tuple(a[rows] for a in self.arrays)
+            batch = tuple([a[rows] for a in self.arrays])
             if self.total_weight is None:
                 yield batch[0].shape[0] / self.n, batch
             else:
@@ -92,6 +95,8 @@ class EpochSums:
 
     Terms are added as backend 0-d arrays, so nothing leaves the device until ``logs``.
     """
+
+    __slots__ = ("loss", "regularization", "accuracy")
 
     def __init__(self):
         self.loss = self.regularization = self.accuracy = 0.0
@@ -143,6 +148,7 @@ class Trainer:
         self.comm = as_comm(comm)
         self.callbacks = list(callbacks)
         self.batch_callbacks = [c for c in self.callbacks if wants_batches([c])]
+        self.deferred = getattr(step, "defers_finite_check", False) and not self.batch_callbacks
         self.regularized = [p for p in model.params() if p.regularized]
         self.history = History()
 
@@ -213,7 +219,7 @@ class Trainer:
 
     def train_epoch(self, epoch, interrupted) -> EpochSums | None:
         """Every step of one epoch; None when Ctrl-C cut it short."""
-        if getattr(self.step, "defers_finite_check", False) and not self.batch_callbacks:
+        if self.deferred:
             return self.train_epoch_deferred(epoch, interrupted)
         model, opt, history = self.model, self.model.optimizer, self.history
         sums = EpochSums()
