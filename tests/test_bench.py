@@ -253,3 +253,8 @@ def test_the_pytorch_alone_check_runs_in_the_report(report):
     check = report["torch_alone"]
     assert isinstance(check, list) and {c["workload"] for c in check} == {"spiral", "mnist-shaped"}
     assert all(c["alone_median_s"] > 0 for c in check)
+
+
+def test_the_old_kernel_list_name_still_works_with_a_deprecation():
+    with pytest.warns(DeprecationWarning, match="use BENCH_KERNELS"):
+        assert bench.KERNEL_NAMES == bench.BENCH_KERNELS

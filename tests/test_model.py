@@ -155,3 +155,13 @@ def test_each_epoch_sees_every_row_once_with_its_label(backend, shuffle):
         assert not np.array_equal(orders[0], orders[1])
     else:
         assert all(np.array_equal(o, np.arange(30)) for o in orders)
+
+
+def test_old_fused_step_names_still_work_with_a_deprecation():
+    X, y = spiral_data(10, 3)
+    model = Model(backend="numpy", seed=0)
+    model.add(Dense(2, 3)).add(Softmax()).compile()
+    with pytest.warns(DeprecationWarning, match="use fit\\(fused=...\\)"):
+        model.fit(X, y, epochs=1, verbose=0, compiled=False)
+    with pytest.warns(DeprecationWarning, match="use Backend.fused_step"):
+        assert model.backend.compile_step(model) is None

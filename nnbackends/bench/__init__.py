@@ -34,3 +34,13 @@ __all__ = [
     "availability", "calibrate", "compare", "format_seconds", "format_table", "measure_peak", "plot",
     "pytest_benchmark", "run", "step_cost", "thread_limit", "torch_unavailable_reason", "update_readme",
 ]
+
+
+def __getattr__(name):
+    if name == "KERNEL_NAMES":  # the name before BENCH_KERNELS (CUDA functions are cupy_device.CUDA_FUNCTIONS)
+        import warnings
+
+        warnings.warn("nnbackends.bench.KERNEL_NAMES is deprecated; use BENCH_KERNELS.", DeprecationWarning,
+                      stacklevel=2)
+        return BENCH_KERNELS
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..layers import Activation, Dense
+from ..backends.step_plan import step_plan
 
 
 @dataclass(frozen=True)
@@ -53,21 +53,23 @@ def update_cost(optimizer, elements, itemsize) -> Cost:
 
 
 def step_cost(model, batch) -> Cost:
-    """FLOPs and bytes of one training step of a fused-step ``model`` on ``batch`` samples."""
+    """FLOPs and bytes of one training step of ``model`` on ``batch`` samples, read from its ``StepPlan``
+    (every benchmarked model is one a fused step runs)."""
+    plan = step_plan(model, updates=tuple(UPDATES))
+    if plan is None:
+        raise ValueError("The cost model covers the models a fused step runs (Dense layers with fused "
+                         "activations, a softmax or linear output, a known optimizer).")
     itemsize = np.dtype(model.dtype).itemsize
-    total, width, first = Cost(), model.n_inputs, True
-    for index, layer in enumerate(model.layers):
-        if isinstance(layer, Dense):
-            total += dense_forward_cost(batch, layer.n_inputs, layer.n_neurons, itemsize)
-            total += dense_backward_cost(batch, layer.n_inputs, layer.n_neurons, itemsize, need_dx=not first)
-            width, first = layer.n_neurons, False
-        elif isinstance(layer, Activation):
-            last = index == len(model.layers) - 1
-            kind = "softmax_cce" if last and model.softmax_cce else layer.kernel
-            total += elementwise_cost(kind, batch * width, itemsize)
+    total = Cost()
+    for index, stage in enumerate(plan):
+        d = stage.dense
+        total += dense_forward_cost(batch, d.n_inputs, d.n_neurons, itemsize)
+        total += dense_backward_cost(batch, d.n_inputs, d.n_neurons, itemsize, need_dx=index > 0)
+        last = index == len(plan) - 1
+        kind = "softmax_cce" if last and plan.classifies else stage.activation
+        total += elementwise_cost(kind, batch * d.n_neurons, itemsize)
+    width = plan[-1].dense.n_neurons
     total += Cost(batch * width, batch * width * itemsize)  # accuracy: a row-wise argmax
     for p in model.params():
         total += update_cost(model.optimizer, p.value.size, itemsize)
     return total
-
-
