@@ -297,7 +297,7 @@ def test_info_shows_the_cache_and_its_decisions(measuring, pass_costs):
     assert facts["autotune"].startswith("measuring on") and facts["autotune_cache"] == autotune.cache_path()
     (line,) = facts["autotune_decisions"]
     assert line.startswith("work numba fused step, kernels ") and line.endswith(
-        ", dtype float32, widths 2-64-3, batch 300: loops (blas 20 µs, loops 10 µs)"), line
+        ", dtype float32, widths 2-64-3, activations 1-0, output 0, update 4, batch 300: loops (blas 20 µs, loops 10 µs)"), line
     text = info.render(info.collect())
     assert f"    autotune_cache: {autotune.cache_path()}\n" in text
     assert f"    autotune_decisions:\n      {line}\n" in text

@@ -52,14 +52,15 @@ def runs_on_blas(widths, batch) -> bool:
 def pick_pass(step, x, y) -> bool:
     """Whether ``step`` (a ``FusedStep``) runs batches like ``x``, ``y`` on BLAS rather than loops.
 
-    With measuring on, the pass that ``autotune`` measured faster for this dtype, these widths and
-    this batch size on this machine (timed once, on scratch copies: the model is untouched);
+    With measuring on, the pass that ``autotune`` measured faster for this dtype, these widths,
+    activations, output and update, and this batch size on this machine (timed once, on scratch copies: the model is untouched);
     with it off, ``runs_on_blas``. The one place the pass is decided.
     """
     if not autotune.enabled():
         return runs_on_blas(step.widths, x.shape[0])
     case = {"work": "numba fused step", "kernels": _kernels_digest(), "dtype": step.dtype.name,
-            "widths": "-".join(map(str, step.widths)), "batch": x.shape[0]}
+            "widths": "-".join(map(str, step.widths)), "activations": "-".join(map(str, step.codes)),
+            "output": int(step.mode), "update": int(step.opt_code), "batch": x.shape[0]}
     trials = {"loops": functools.partial(step.trial, False, x, y), "blas": functools.partial(step.trial, True, x, y)}
     return autotune.tuner().choose(case, trials) == "blas"
 
