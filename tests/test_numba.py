@@ -327,3 +327,26 @@ def test_kernel_constants_match_the_reference():
     from nnbackends.backends import base, numba_kernels
 
     assert numba_kernels.CLIP == base.CLIP
+
+
+@pytest.mark.skipif(not __import__("platform").machine().lower() in ("x86_64", "amd64"), reason="x86's MXCSR")
+def test_fused_steps_flush_subnormals_and_leave_the_thread_as_they_found_it():
+    """Inside a fused step subnormals are flushed (they cost x86 a slow path); outside, IEEE as before."""
+    from numba import njit
+
+    from nnbackends.backends import numba_kernels as K
+
+    @njit
+    def halve_inside(x):
+        saved = K.subnormals_off()
+        y = x * np.float32(0.5)
+        K.subnormals_restore(saved)
+        return y, K.mxcsr_read() == saved
+
+    tiny = np.float32(1e-38)  # below float32's smallest normal once halved
+    halved, restored = halve_inside(tiny)
+    assert halved == 0 and restored
+    model = spiral_model()
+    X, y = datasets.spiral_data(20, 3)
+    model.fit(X, y, epochs=3, verbose=0, fused=True)
+    assert tiny * np.float32(0.5) > 0  # NumPy after the step still sees subnormals
