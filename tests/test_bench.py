@@ -258,23 +258,3 @@ def test_the_pytorch_alone_check_runs_in_the_report(report):
 def test_the_old_kernel_list_name_still_works_with_a_deprecation():
     with pytest.warns(DeprecationWarning, match="use BENCH_KERNELS"):
         assert bench.KERNEL_NAMES == bench.BENCH_KERNELS
-
-
-def test_rounds_taking_turns_each_start_after_a_short_rest(monkeypatch):
-    from nnbackends.bench import runner
-
-    events = []
-    monkeypatch.setattr(runner.time, "sleep", lambda s: events.append(s))
-
-    class Fake:
-        pool = "blas"
-
-        def __init__(self, name):
-            self.name = name
-
-        def timed_run(self, number):
-            events.append(self.name)
-            return number, 0.001
-
-    runner.measure([Fake("numpy"), Fake("numba")], repeats=2, min_round_s=0.0, idle_s=0.5)
-    assert events == [0.5, 0.25, "numpy", 0.25, "numba", 0.25, "numpy", 0.25, "numba"]

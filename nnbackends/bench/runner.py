@@ -128,9 +128,8 @@ def measure(cases, repeats, min_round_s, idle_s=0.0) -> dict:
     OpenBLAS's) take their rounds in turn, round k of each, then round k+1: a
     shared machine's speed drifts for seconds at a time, and taking turns lets
     that drift weigh on each of them alike, so the ratios between them hold.
-    Each of those rounds starts after a rest of ``idle_s / 2``, in which the
-    previous round's BLAS workers stop spinning. Cases on another pool run in a
-    block of their own, after a rest of ``idle_s`` and a calibration, so that the previous pool's spinning threads are idle
+    Cases on another pool run in a block of their own, after a rest of ``idle_s``
+    and a calibration, so that the previous pool's spinning threads are idle
     (taking turns across pools made each slow the other).
     """
     times = {id(c): [] for c in cases}
@@ -138,8 +137,6 @@ def measure(cases, repeats, min_round_s, idle_s=0.0) -> dict:
         numbers = [calibrate(c, min_round_s) for c in group]
         for _ in range(repeats):
             for c, number in zip(group, numbers):
-                if len(group) > 1:  # the previous round's BLAS workers stop spinning (on 2 vCPUs, a sibling's)
-                    time.sleep(idle_s / 2)
                 done, seconds = c.timed_run(number)
                 times[id(c)].append(seconds / done)
     return times
