@@ -53,7 +53,10 @@ def measuring(monkeypatch, tmp_path):
 @pytest.fixture
 def pass_costs(monkeypatch):
     """``set(clock, loops=..., blas=...)``: each call of a pass's step kernel moves ``clock`` by its cost."""
-    from nnbackends.backends import numba_kernels
+    from nnbackends.backends import numba_kernels, numba_step
+
+    for dtype in ("float32", "float64"):  # compiled callers of the step kernels bind the real ones first
+        numba_step.warm_step(dtype)
 
     def set_costs(clock, **costs):
         for name, cost in costs.items():

@@ -275,9 +275,10 @@ def test_the_step_picks_its_pass_by_shape_and_batch(widths, batch, blas):
 
 def test_the_pass_chosen_on_the_first_batch_is_kept(monkeypatch):
     """A short last batch does not switch passes (a switch would compile the other one mid-epoch)."""
-    from nnbackends.backends import autotune, numba_kernels
+    from nnbackends.backends import autotune, numba_kernels, numba_step
 
     monkeypatch.setenv(autotune.ENV_VAR, "0")  # the built-in rule picks loops here, and no trials are counted
+    numba_step.warm_step("float32")  # compiled callers of the step kernels bind the real ones first
     calls = []
     for name in ("loops_step", "blas_step", "loops_run", "blas_run"):
         def counted(*args, _step=getattr(numba_kernels, name), _name=name):
