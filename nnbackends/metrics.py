@@ -8,7 +8,7 @@ from .validation import check_choice, check_float
 
 class Metric:
     name = "accuracy"
-    kernel: str  # the backend kernel that computes it (read by compiled steps)
+    kernel: str  # the backend kernel that computes it (read by fused steps)
 
     def bind(self, backend):
         self.backend = backend

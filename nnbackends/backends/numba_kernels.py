@@ -42,11 +42,11 @@ JIT_OPTIONS = {"fastmath": FASTMATH, "error_model": "numpy"}
 #: constant or of a 2**n scale (they have no reductions to vectorize).
 MATH_OPTIONS = {"fastmath": FASTMATH - {"reassoc"}, "error_model": "numpy"}
 
-#: Activation codes of the compiled step.
+#: Activation codes of the fused step.
 LINEAR, RELU, LEAKY_RELU, SIGMOID, TANH = 0, 1, 2, 3, 4
-#: Output codes of the compiled step.
+#: Output codes of the fused step.
 SOFTMAX_CCE, LINEAR_MSE = 0, 1
-#: Optimizer codes of the compiled step.
+#: Optimizer codes of the fused step.
 SGD, SGD_MOMENTUM, ADAGRAD, RMSPROP, ADAM = 0, 1, 2, 3, 4
 #: Probability clipping of the cross-entropy losses. A copy of ``base.CLIP``, not an
 #: import: a cached kernel would keep an old imported value (a test keeps them equal).
@@ -612,7 +612,7 @@ def multiply(a, b):
 
 
 # ====================================================================== kernels: optimizers
-# Flat contiguous views, updated in place; shared with the compiled step.
+# Flat contiguous views, updated in place; shared with the fused step.
 @jit
 def sgd_update(param, grad, lr):
     step = param.dtype.type(lr)
@@ -722,7 +722,7 @@ def all_finite(a):
     return finite_bits(a.view(np.uint64), np.uint64(0x7FF0000000000000))
 
 
-# ====================================================================== compiled step
+# ====================================================================== fused step
 #: Samples per block in the small-network (feature-major) pass.
 BLOCK_COLS = 512
 #: Block widths are padded to a multiple of this (a power of two dividing BLOCK_COLS):
