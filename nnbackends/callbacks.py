@@ -60,6 +60,9 @@ class _Monitor(Callback):
         mode = check_choice("mode", mode, MODES)
         self.maximize = mode == "max" or (mode == "auto" and "acc" in monitor)
         self.min_delta = check_nonnegative_float("min_delta", min_delta)
+        self.forget_best()
+
+    def forget_best(self):
         self.best = -math.inf if self.maximize else math.inf
 
     def improved(self, logs) -> bool:
@@ -88,7 +91,7 @@ class EarlyStopping(_Monitor):
 
     def on_train_begin(self, logs=None):
         self.wait, self.seen = 0, 0
-        self.best = -math.inf if self.maximize else math.inf
+        self.forget_best()
         self.best_epoch, self.best_weights, self.stopped_epoch = None, None, None
 
     def on_epoch_end(self, epoch, logs=None):

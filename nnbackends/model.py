@@ -245,20 +245,17 @@ class Model:
             val = self._prepare(*validation_data, x_name="X_val", y_name="y_val")[:2]
         if self.metric:
             data_parallel.adapt_metric(self.metric, y_host, comm, sharded)
-        arrays = (x, y_dev)
-        if weights is None:
-            step = self._step_function(fused)
-        elif fused:
+        if weights is not None and fused:
             raise ValueError("fused=True, but fused steps take no sample or class weights; use fused=None.")
-        elif comm.size > 1:
-            raise ValueError("A distributed fit takes no sample or class weights yet; fit without them.")
-        else:
-            step, arrays = self.train_step, (x, y_dev, self.backend.asarray(weights, self.dtype))
+        step = self._step_function(fused) if weights is None else self.train_step
         self.comm = comm
         if comm.size > 1:
+            if weights is not None:
+                raise ValueError("A distributed fit takes no sample or class weights yet; fit without them.")
             source, step = data_parallel.prepare(self, comm, x, y_dev, epochs, batch_size, shuffle, sharded, step,
                                                  fused)
         else:
+            arrays = (x, y_dev) if weights is None else (x, y_dev, self.backend.asarray(weights, self.dtype))
             source = BatchSource(self.backend, arrays, batch_size, shuffle, self.rng)
         progress = make_progress(verbose if comm.is_root else 0, epochs, source.steps_per_epoch)
         return Trainer(self, step, source, progress, validation=val, callbacks=callbacks, comm=comm).run(epochs)

@@ -209,9 +209,8 @@ class Trainer:
         shares = source.shares()
         for e in range(done // steps):
             part = slice(e * steps, (e + 1) * steps)
-            sums = EpochSums()
-            sums.loss, sums.accuracy = float(losses[part] @ shares), float(accs[part] @ shares)
-            sums.regularization = float(regs[part] @ shares) if self.regularized else 0.0
+            sums = EpochSums()  # the regularization losses are 0 where nothing is regularized
+            sums.add(1.0, float(losses[part] @ shares), float(regs[part] @ shares), float(accs[part] @ shares))
             self.end_epoch(first_epoch + e, sums)
         if done < rates.size:
             epoch, step = first_epoch + done // steps, done % steps + 1

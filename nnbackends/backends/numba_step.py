@@ -148,7 +148,7 @@ class FusedStep:
         self.hyper = np.zeros(4)
         self.blas = None  # which pass: chosen on the first batch, then kept (a pass compiles on first use)
         self.capacity = 0
-        self.work = None  # the chosen pass's work buffers (``_work``)
+        self.work = None  # the chosen pass's work buffers, as its kernels take them after ``widths``
 
     def _buffers(self, n):
         """Work buffers for batches of ``n`` rows, for the chosen pass."""
@@ -172,14 +172,15 @@ class FusedStep:
         names = self.hyper_names
         self.hyper[:len(names) + 1] = [opt.current_learning_rate, *(getattr(opt, name) for name in names)]
 
-    def _work(self):
-        """The pass's work buffers, as its kernels take them after ``widths``."""
-        return self.work
+    def _state(self):
+        """What every step kernel takes after ``x, y``, up to the work buffers."""
+        return self.mode, self.P, self.G, self.S1, self.S2, self.offsets, self.widths
 
     def trial(self, blas, x, y):
         """A call of one pass's step on batch ``x``, ``y`` that changes nothing of the model: it updates
         scratch copies of the parameters, gradients and optimizer state, in its own work buffers."""
-        state = (self.mode, self.P.copy(), self.G.copy(), self.S1.copy(), self.S2.copy(), self.offsets, self.widths)
+        mode, P, G, S1, S2, offsets, widths = self._state()
+        state = (mode, P.copy(), G.copy(), S1.copy(), S2.copy(), offsets, widths)
         work = _work_buffers(blas, self.widths, _rows_held(blas, x.shape[0]), self.dtype)
         settings = self._settings()[:-1] + (self.hyper.copy(), self.model.optimizer.iterations + 1)
         return lambda: (K.blas_step if blas else K.loops_step)(x, y, *state, *work, *settings)
@@ -191,9 +192,8 @@ class FusedStep:
 
     def __call__(self, x, y):
         x = self._prepare(x, y, x.shape[0])
-        state = (self.mode, self.P, self.G, self.S1, self.S2, self.offsets, self.widths)
         kernel = K.blas_step if self.blas else K.loops_step
-        loss, acc, finite = kernel(x, y, *state, *self._work(), *self._settings(),
+        loss, acc, finite = kernel(x, y, *self._state(), *self.work, *self._settings(),
                                    self.model.optimizer.iterations + 1)
         return self._result(loss, acc, finite)
 
@@ -210,10 +210,9 @@ class FusedStep:
         losses, accs, reg_losses = np.zeros(count), np.zeros(count), np.zeros(count)
         rows = batch_size if orders.size else 0
         xb, yb = np.empty((rows, *x.shape[1:]), x.dtype), np.empty((rows, *y.shape[1:]), y.dtype)
-        state = (self.mode, self.P, self.G, self.S1, self.S2, self.offsets, self.widths)
         kernel = K.blas_run if self.blas else K.loops_run
         done = kernel(x, y, orders, batch_size, rates, self.model.optimizer.iterations + 1, losses, accs,
-                      reg_losses, xb, yb, *state, *self._work(), *self._settings())
+                      reg_losses, xb, yb, *self._state(), *self.work, *self._settings())
         losses = losses.astype(self.dtype).astype(np.float64)  # as the single step reports them
         return int(done), losses, accs, reg_losses
 
@@ -229,7 +228,7 @@ class FusedStep:
             x = self._prepare(x, y, x.shape[0])
             codes, alphas, precision = self._settings()[:3]
             kernel = K.blas_pass if self.blas else K.columns_pass
-            self.sums[:] = kernel(x, y, self.mode, self.P, self.G, self.offsets, self.widths, *self._work(),
+            self.sums[:] = kernel(x, y, self.mode, self.P, self.G, self.offsets, self.widths, *self.work,
                                   codes, alphas, precision, rows)
         else:  # an empty share adds nothing
             self._set_hyper()
