@@ -9,67 +9,18 @@ import json
 import os
 import sys
 
-import numpy as np
-
-from . import bench, cli_training, data_files, datasets, export_command, model_files
+from . import bench, cli_predict, cli_training, datasets, export_command, model_files
+from .cli_common import (Parser, UsageError, add_backend_argument, add_output_arguments, echo, emit, fraction,
+                         format_metrics, nonnegative_float, positive_int)
 from .backends import ENV_VAR
+from .cli_data import PRESET_KEYS, PRESETS, add_data_arguments, infer_task, load_data
 from .distributed import MPIComm, SingleProcess, require_mpiexec
 from .errors import BackendUnavailableError, ModelFileError, TrainingDivergedError
 from .layers import ACTIVATIONS, Dense, Dropout, Linear, Softmax, activation
 from .model import Model, load_model
 from .optimizers import OPTIMIZERS
 
-#: Per-dataset defaults for the options a user leaves out; "file" is for --data.
-PRESETS = {
-    "spiral": dict(hidden="64", optimizer="adam", learning_rate=0.05, decay=5e-7, epochs=10_000),
-    "vertical": dict(hidden="128,128", optimizer="adam", learning_rate=0.005, decay=0.0, epochs=5_000),
-    "sine": dict(hidden="64,64", optimizer="adam", learning_rate=0.005, decay=1e-3, epochs=3_000),
-    "digits": dict(hidden="128", optimizer="adam", learning_rate=0.001, decay=0.0, epochs=30, batch_size=32,
-                   validation_split=0.2),
-    "file": dict(hidden="128", optimizer="adam", learning_rate=0.001, decay=0.0, epochs=10, batch_size=128,
-                 validation_split=0.1),
-}
-PRESET_KEYS = ("hidden", "optimizer", "learning_rate", "decay", "epochs", "batch_size", "validation_split")
 ACTIVATION_CHOICES = tuple(a for a in ACTIVATIONS if a not in ("softmax", "linear"))
-
-
-class UsageError(ValueError):
-    """A command-line argument that does not make sense."""
-
-
-class Parser(argparse.ArgumentParser):
-    """argparse with one-line errors: ``nnbackends train: error: ... (see --help)``, exit code 2."""
-
-    def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message} (see: {self.prog} --help)\n")
-
-
-# ---------------------------------------------------------------------- argument types
-def positive_int(text) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
-def nonnegative_float(text) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not value >= 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
-    return value
-
-
-def fraction(text) -> float:
-    value = nonnegative_float(text)
-    if value >= 1:
-        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1), got {text!r}")
-    return value
 
 
 def parse_hidden(text) -> list[int]:
@@ -83,58 +34,6 @@ def parse_hidden(text) -> list[int]:
     if any(s <= 0 for s in sizes):
         raise UsageError(f"--hidden sizes must be positive integers, got {text!r}.")
     return sizes
-
-
-# ---------------------------------------------------------------------- data
-def add_data_arguments(parser, *, default_dataset):
-    data = parser.add_argument_group("data (a built-in dataset, or files with --data)")
-    data.add_argument("--dataset", choices=tuple(p for p in PRESETS if p != "file"), default=None,
-                      help=f"built-in dataset (default: {default_dataset} unless --data is given)")
-    data.add_argument("--data", metavar="FILE",
-                      help="a CSV file with a label column, or MNIST-style IDX images (gzipped or not) "
-                           "with --labels (default: none)")
-    data.add_argument("--labels", metavar="FILE", help="IDX labels file for IDX images in --data (default: none)")
-    data.add_argument("--label-column", default="-1", metavar="COL",
-                      help="CSV label column: a header name or a 0-based index, negative from the end "
-                           "(default: -1, the last column)")
-    data.add_argument("--samples", type=positive_int, default=100,
-                      help="spiral/vertical: samples per class; sine: samples in total x10 (default: 100)")
-    data.add_argument("--classes", type=positive_int, default=3, help="spiral/vertical: classes (default: 3)")
-    data.add_argument("--seed", type=int, default=0,
-                      help="seed for the generated data, the weights, the validation split and shuffling; "
-                           "evaluate on unseen spiral/vertical points with another seed (default: 0)")
-    parser.set_defaults(default_dataset=default_dataset)
-
-
-def load_data(args):
-    """``(X, y, source)`` from the data arguments; ``source`` names the preset (a dataset or "file")."""
-    if args.data and args.dataset:
-        raise UsageError("give either --dataset or --data, not both.")
-    if not args.data:
-        if args.labels:
-            raise UsageError("--labels goes with IDX images in --data.")
-        name = args.dataset or args.default_dataset
-        if name == "spiral":
-            return (*datasets.spiral_data(args.samples, args.classes, seed=args.seed), name)
-        if name == "vertical":
-            return (*datasets.vertical_data(args.samples, args.classes, seed=args.seed), name)
-        if name == "sine":
-            return (*datasets.sine_data(args.samples * 10), name)
-        return (*datasets.load_digits(), name)
-    if args.labels:
-        return (*data_files.load_idx(args.data, args.labels), "file")
-    if data_files.is_idx(args.data):
-        raise UsageError(f"{args.data!r} is an IDX file; give its labels file with --labels.")
-    return (*data_files.load_csv(args.data, args.label_column), "file")
-
-
-def infer_task(source, y, requested="auto") -> str:
-    if requested != "auto":
-        return requested
-    if source == "sine":
-        return "regression"
-    integral = y.ndim == 1 and np.all(np.mod(y, 1) == 0) and y.min() >= 0
-    return "classification" if integral else "regression"
 
 
 # ---------------------------------------------------------------------- models
@@ -168,29 +67,11 @@ def make_optimizer(args, schedule=None):
     return cls(**{k: v for k, v in settings.items() if v is not None})  # None: the optimizer's own default
 
 
-def echo(args, text):
-    """A status line on stderr unless --quiet (stdout stays for results)."""
-    if not args.quiet:
-        print(text, file=sys.stderr, flush=True)
-
-
-def emit(args, result: dict, text: str):
-    """The command's result: one JSON object with --json, else ``text``."""
-    if args.json:
-        print(json.dumps(result))
-    elif not args.quiet:
-        print(text)
-
-
 def _speed(history) -> str:
     """``" (first epoch 1.2 s, then 20,000 steps/s)"``: any compiling happens in the first epoch."""
     if history.steps_per_second is None:
         return ""
     return f" (first epoch {history.first_epoch_seconds:.2f} s, then {history.steps_per_second:,.0f} steps/s)"
-
-
-def format_metrics(metrics: dict) -> str:
-    return "  ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k not in ("data_loss", "regularization_loss"))
 
 
 # ---------------------------------------------------------------------- commands
@@ -261,37 +142,6 @@ def cmd_train(args) -> int:
     return 130 if history.interrupted else 0
 
 
-def cmd_eval(args) -> int:
-    model = load_model(args.model, backend=args.backend)
-    X, y, source = load_data(args)
-    metrics = model.evaluate(X, y)
-    name = args.data or source
-    result = {"model": args.model, "dataset": name, "samples": len(X), "backend": model.backend.name, **metrics}
-    emit(args, result, f"{name} ({len(X)} samples) on {model.backend.name}: {format_metrics(metrics)}")
-    return 0
-
-
-def cmd_predict(args) -> int:
-    model = load_model(args.model, backend=args.backend)
-    header, values = data_files.read_csv(args.input)
-    if args.label_column is not None:
-        values = np.delete(values, data_files.column_index(header, values.shape[1], args.label_column), axis=1)
-    if values.shape[1] != model.n_inputs:
-        hint = " (drop a label column with --label-column)" if values.shape[1] == model.n_inputs + 1 else ""
-        raise UsageError(f"{args.input!r} has {values.shape[1]} columns but the model takes {model.n_inputs} "
-                         f"features{hint}.")
-    out = model.predict(values.astype(np.float32), batch_size=args.batch_size)
-    if model.loss.name == "categorical_crossentropy":
-        names = ["class"] + [f"p{k}" for k in range(out.shape[1])]
-        rows = [[int(k), *map(float, p)] for k, p in zip(out.argmax(axis=1), out)]
-    else:
-        names = [f"y{k}" for k in range(out.shape[1])]
-        rows = out.astype(float).tolist()
-    data_files.save_csv(args.output, names, rows)
-    echo(args, f"wrote {len(rows)} predictions to {args.output}")
-    return 0
-
-
 def cmd_info(args) -> int:
     from .info import collect, render
 
@@ -301,17 +151,6 @@ def cmd_info(args) -> int:
 
 
 # ---------------------------------------------------------------------- parser
-def _add_backend_argument(parser):
-    parser.add_argument("--backend", default=None,
-                        help=f"numpy, numba, cupy or auto (default: ${ENV_VAR} if set, else auto: "
-                             "cupy with a usable GPU, else numba if installed, else numpy)")
-
-
-def _add_output_arguments(parser, what):
-    parser.add_argument("--json", action="store_true", help=f"print {what} as one JSON object (default: off)")
-    parser.add_argument("--quiet", action="store_true", help="print nothing but errors (default: off)")
-
-
 def add_train_parser(sub):
     p = sub.add_parser("train", help="train a model and optionally save and plot it",
                        description="Train a dense network on a built-in dataset or on files. Options left "
@@ -357,7 +196,7 @@ def add_train_parser(sub):
     run.add_argument("--validation-split", type=fraction, default=None,
                      help=f"fraction of the data held out to validate after each epoch "
                           f"(presets: {preset('validation_split')})")
-    _add_backend_argument(run)
+    add_backend_argument(run)
     run.add_argument("--dtype", default="float32", choices=("float32", "float64"),
                      help="floating-point type of weights and data (default: float32)")
     out = p.add_argument_group("output")
@@ -369,37 +208,9 @@ def add_train_parser(sub):
     out.add_argument("--plot", metavar="PATH",
                      help="write a PNG: decision regions (2-D classification data) beside the loss and "
                           "accuracy curves; needs matplotlib (default: none)")
-    _add_output_arguments(out, "the final metrics, backend and timings")
+    add_output_arguments(out, "the final metrics, backend and timings")
     cli_training.add_arguments(p, positive_int, nonnegative_float)
     p.set_defaults(run=cmd_train)
-
-
-def add_eval_parser(sub):
-    p = sub.add_parser("eval", help="evaluate a saved model on a dataset",
-                       description="Loss and accuracy of a saved model on a built-in dataset or on files.")
-    p.add_argument("model", metavar="MODEL", help="a model saved by 'nnbackends train --save'")
-    add_data_arguments(p, default_dataset="spiral")
-    _add_backend_argument(p)
-    _add_output_arguments(p, "the metrics")
-    p.set_defaults(run=cmd_eval)
-
-
-def add_predict_parser(sub):
-    p = sub.add_parser("predict", help="predict with a saved model from a CSV file into a CSV file",
-                       description="Read samples from a CSV file (one row each, optional header) and write "
-                                   "the model's outputs: for classifiers a 'class' column and one "
-                                   "probability column per class, for regression one column per output.")
-    p.add_argument("model", metavar="MODEL", help="a model saved by 'nnbackends train --save'")
-    p.add_argument("--input", required=True, metavar="FILE.csv", help="samples to predict (required)")
-    p.add_argument("--output", required=True, metavar="FILE.csv", help="where to write predictions (required)")
-    p.add_argument("--label-column", default=None, metavar="COL",
-                   help="a column of --input to ignore (name or 0-based index), e.g. the labels of a "
-                        "training file (default: use every column)")
-    p.add_argument("--batch-size", type=positive_int, default=None,
-                   help="samples per forward pass (default: all at once)")
-    _add_backend_argument(p)
-    p.add_argument("--quiet", action="store_true", help="print nothing but errors (default: off)")
-    p.set_defaults(run=cmd_predict)
 
 
 def add_info_parser(sub):
@@ -415,8 +226,8 @@ def make_parser() -> argparse.ArgumentParser:
                     epilog="Each command explains its options and their defaults: nnbackends COMMAND --help")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_train_parser(sub)
-    add_eval_parser(sub)
-    add_predict_parser(sub)
+    cli_predict.add_eval_parser(sub)
+    cli_predict.add_predict_parser(sub)
     export_command.add_parser(sub)
     add_info_parser(sub)
     bench.add_parser(sub)

@@ -1,0 +1,70 @@
+"""The command line's data: the dataset presets, the data options, and loading what they name."""
+from __future__ import annotations
+
+import numpy as np
+
+from . import data_files, datasets
+from .cli_common import UsageError, positive_int
+
+#: Per-dataset defaults for the options a user leaves out; "file" is for --data.
+PRESETS = {
+    "spiral": dict(hidden="64", optimizer="adam", learning_rate=0.05, decay=5e-7, epochs=10_000),
+    "vertical": dict(hidden="128,128", optimizer="adam", learning_rate=0.005, decay=0.0, epochs=5_000),
+    "sine": dict(hidden="64,64", optimizer="adam", learning_rate=0.005, decay=1e-3, epochs=3_000),
+    "digits": dict(hidden="128", optimizer="adam", learning_rate=0.001, decay=0.0, epochs=30, batch_size=32,
+                   validation_split=0.2),
+    "file": dict(hidden="128", optimizer="adam", learning_rate=0.001, decay=0.0, epochs=10, batch_size=128,
+                 validation_split=0.1),
+}
+PRESET_KEYS = ("hidden", "optimizer", "learning_rate", "decay", "epochs", "batch_size", "validation_split")
+
+
+def add_data_arguments(parser, *, default_dataset):
+    data = parser.add_argument_group("data (a built-in dataset, or files with --data)")
+    data.add_argument("--dataset", choices=tuple(p for p in PRESETS if p != "file"), default=None,
+                      help=f"built-in dataset (default: {default_dataset} unless --data is given)")
+    data.add_argument("--data", metavar="FILE",
+                      help="a CSV file with a label column, or MNIST-style IDX images (gzipped or not) "
+                           "with --labels (default: none)")
+    data.add_argument("--labels", metavar="FILE", help="IDX labels file for IDX images in --data (default: none)")
+    data.add_argument("--label-column", default="-1", metavar="COL",
+                      help="CSV label column: a header name or a 0-based index, negative from the end "
+                           "(default: -1, the last column)")
+    data.add_argument("--samples", type=positive_int, default=100,
+                      help="spiral/vertical: samples per class; sine: samples in total x10 (default: 100)")
+    data.add_argument("--classes", type=positive_int, default=3, help="spiral/vertical: classes (default: 3)")
+    data.add_argument("--seed", type=int, default=0,
+                      help="seed for the generated data, the weights, the validation split and shuffling; "
+                           "evaluate on unseen spiral/vertical points with another seed (default: 0)")
+    parser.set_defaults(default_dataset=default_dataset)
+
+
+def load_data(args):
+    """``(X, y, source)`` from the data arguments; ``source`` names the preset (a dataset or "file")."""
+    if args.data and args.dataset:
+        raise UsageError("give either --dataset or --data, not both.")
+    if not args.data:
+        if args.labels:
+            raise UsageError("--labels goes with IDX images in --data.")
+        name = args.dataset or args.default_dataset
+        if name == "spiral":
+            return (*datasets.spiral_data(args.samples, args.classes, seed=args.seed), name)
+        if name == "vertical":
+            return (*datasets.vertical_data(args.samples, args.classes, seed=args.seed), name)
+        if name == "sine":
+            return (*datasets.sine_data(args.samples * 10), name)
+        return (*datasets.load_digits(), name)
+    if args.labels:
+        return (*data_files.load_idx(args.data, args.labels), "file")
+    if data_files.is_idx(args.data):
+        raise UsageError(f"{args.data!r} is an IDX file; give its labels file with --labels.")
+    return (*data_files.load_csv(args.data, args.label_column), "file")
+
+
+def infer_task(source, y, requested="auto") -> str:
+    if requested != "auto":
+        return requested
+    if source == "sine":
+        return "regression"
+    integral = y.ndim == 1 and np.all(np.mod(y, 1) == 0) and y.min() >= 0
+    return "classification" if integral else "regression"
