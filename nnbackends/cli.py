@@ -81,7 +81,7 @@ def cmd_train(args) -> int:
         args.quiet, args.json = True, False
     if args.save and comm.is_root:
         model_files.check_save_folder(args.save)  # fail now, not after a long run
-    X, y, source = load_data(args)
+    X, y, source, *_ = load_data(args)
     preset = PRESETS[source]
     keys = PRESET_KEYS
     if args.optimizer not in (None, preset["optimizer"]):  # another optimizer keeps its own defaults

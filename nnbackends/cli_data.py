@@ -1,6 +1,8 @@
 """The command line's data: the dataset presets, the data options, and loading what they name."""
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 from . import data_files, datasets
@@ -39,8 +41,18 @@ def add_data_arguments(parser, *, default_dataset):
     parser.set_defaults(default_dataset=default_dataset)
 
 
-def load_data(args):
-    """``(X, y, source)`` from the data arguments; ``source`` names the preset (a dataset or "file")."""
+class Data(NamedTuple):
+    """What the data options name: features, labels or targets, and where they come from."""
+
+    X: np.ndarray
+    y: np.ndarray
+    source: str  # the preset: a dataset's name or "file"
+    feature_names: list[str] | None = None  # from a file's header
+    label_name: str | None = None  # the label column's name, from a file's header
+
+
+def load_data(args) -> Data:
+    """The ``Data`` the data arguments name."""
     if args.data and args.dataset:
         raise UsageError("give either --dataset or --data, not both.")
     if not args.data:
@@ -48,17 +60,17 @@ def load_data(args):
             raise UsageError("--labels goes with IDX images in --data.")
         name = args.dataset or args.default_dataset
         if name == "spiral":
-            return (*datasets.spiral_data(args.samples, args.classes, seed=args.seed), name)
+            return Data(*datasets.spiral_data(args.samples, args.classes, seed=args.seed), name)
         if name == "vertical":
-            return (*datasets.vertical_data(args.samples, args.classes, seed=args.seed), name)
+            return Data(*datasets.vertical_data(args.samples, args.classes, seed=args.seed), name)
         if name == "sine":
-            return (*datasets.sine_data(args.samples * 10), name)
-        return (*datasets.load_digits(), name)
+            return Data(*datasets.sine_data(args.samples * 10), name)
+        return Data(*datasets.load_digits(), name)
     if args.labels:
-        return (*data_files.load_idx(args.data, args.labels), "file")
+        return Data(*data_files.load_idx(args.data, args.labels), "file")
     if data_files.is_idx(args.data):
         raise UsageError(f"{args.data!r} is an IDX file; give its labels file with --labels.")
-    return (*data_files.load_csv(args.data, args.label_column), "file")
+    return Data(*data_files.load_csv(args.data, args.label_column), "file")
 
 
 def infer_task(source, y, requested="auto") -> str:

@@ -11,7 +11,7 @@ from .model import load_model
 
 def cmd_eval(args) -> int:
     model = load_model(args.model, backend=args.backend)
-    X, y, source = load_data(args)
+    X, y, source, *_ = load_data(args)
     metrics = model.evaluate(X, y)
     name = args.data or source
     result = {"model": args.model, "dataset": name, "samples": len(X), "backend": model.backend.name, **metrics}
