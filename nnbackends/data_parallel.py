@@ -77,6 +77,7 @@ def check_agreement(model, comm, x, epochs, batch_size, shuffle, sharded, fused)
         "loss": model.loss.name,
         "optimizer": repr(model.optimizer),
         "metric": repr(model.metric and model.metric.config()),
+        "classes": model.classes_,
         "epochs": epochs,
         "batch_size": batch_size,
         "shuffle": bool(shuffle),
@@ -188,7 +189,7 @@ class LayerStep:
         for p, lo, hi in zip(self.params, self.bounds, self.bounds[1:]):
             p.grad = be.asarray(buffer[lo:hi].reshape(p.value.shape), model.dtype)
         data_loss = be.asarray(np.asarray(buffer[-2]))
-        accuracy = be.asarray(np.asarray(buffer[-1], np.float64)) if model.metric else None
+        accuracy = be.asarray(np.asarray(buffer[-1], np.float64)) if model.batch_metric else None
         if not np.isfinite(buffer).all():  # the same buffer, so the same answer, on every rank
             return data_loss, accuracy, False
         for p in self.params:

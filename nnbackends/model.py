@@ -13,7 +13,7 @@ import warnings
 
 import numpy as np
 
-from . import data_parallel
+from . import data_parallel, labels
 from .backends import Backend, get_backend
 from .distributed import as_comm, guarded
 from .errors import ModelFileError
@@ -25,12 +25,15 @@ from .model_files import read_model_file, write_model_file
 from .optimizers import get_optimizer, optimizer_from_config
 from .progress import make_progress
 from .trainer import BatchSource, Trainer
-from .validation import (check_choice, check_features, check_positive_int, check_sample_weight, check_seed,
-                         check_targets, class_weights_as_sample_weights, host_array, split_for_validation)
+from .validation import (check_choice, check_feature_names, check_features, check_positive_int, check_sample_weight,
+                         check_seed, check_targets, class_weights_as_sample_weights, column_names, host_array,
+                         split_for_validation)
 
 __all__ = ["History", "Model", "load_model"]
 
 DTYPES = ("float32", "float64")
+#: Model attributes a model file keeps as JSON metadata, by key.
+NAMES_IN_FILES = {"classes": "classes_", "feature_names": "feature_names_", "label_name": "label_name_"}
 
 
 class Model:
@@ -53,6 +56,21 @@ class Model:
         self.epochs_trained = 0  # over the model's life: saved, and counted on by a resumed fit
         self.stop_training = False  # a callback sets it to end training after the current epoch
         self.comm = as_comm(None)  # that of the latest fit: only its root writes files
+        # Names kept with the model and in its file (None: not known): the original class labels of a
+        # classifier's outputs (learned by fit, see nnbackends.labels), the feature names (from a data
+        # frame's columns or a file's header) and the label column's name.
+        self._classes = None
+        self.feature_names_ = None
+        self.label_name_ = None
+
+    @property
+    def classes_(self):
+        """The class label of each output of a classifier (a list), or None."""
+        return self._classes
+
+    @classes_.setter
+    def classes_(self, classes):
+        self._classes = labels.check_classes(classes, self.n_outputs)
 
     # ------------------------------------------------------------------ building
     def add(self, layer: Layer):
@@ -88,24 +106,38 @@ class Model:
     def params(self):
         return [p for layer in self.layers for p in layer.params()]
 
-    def compile(self, loss="categorical_crossentropy", optimizer="adam", metrics=("accuracy",)):
-        """Choose the loss, optimizer (objects or names) and metric; resets optimizer state."""
+    def compile(self, loss="categorical_crossentropy", optimizer="adam", metrics="auto"):
+        """Choose the loss, optimizer (objects or names) and metric; resets optimizer state.
+
+        ``metrics``: at most one metric, by name or object (``nnbackends.metrics``), logged under its
+        name; ``"auto"`` is accuracy for a classification loss and R² (``"r2"``) for MSE and MAE.
+        A cross-entropy expects probabilities from a Softmax (Sigmoid) last layer, or raw scores
+        from a last Dense layer with ``CategoricalCrossentropy(from_logits=True)``.
+        """
         self._first_dense()  # a model needs at least one
         if isinstance(metrics, str):
             metrics = [metrics]
         metrics = list(metrics or [])
         if len(metrics) > 1:
             raise ValueError(f"metrics takes at most one metric, got {metrics!r}.")
-        self.loss = get_loss(loss).bind(self.backend)
-        self.optimizer = get_optimizer(optimizer).build(self.backend, self.params())
-        self.metric = get_metric(metrics[0], self.loss).bind(self.backend) if metrics else None
+        loss = get_loss(loss).bind(self.backend)
+        optimizer = get_optimizer(optimizer)
+        metric = get_metric(metrics[0], loss).bind(self.backend, loss) if metrics else None
+        _check_output_layer(loss, self.layers[-1])
+        self.loss, self.optimizer, self.metric = loss, optimizer.build(self.backend, self.params()), metric
         self._fused_step = None
         return self
 
     @property
     def softmax_cce(self) -> bool:
-        """Whether the fused softmax + cross-entropy gradient applies."""
+        """Whether the fused softmax + cross-entropy gradient applies past a Softmax layer."""
         return isinstance(self.layers[-1], Softmax) and isinstance(self.loss, CategoricalCrossentropy)
+
+    @property
+    def batch_metric(self):
+        """The metric when each step computes it (the fused steps read this), None when there is none
+        or it comes from the epoch's loss."""
+        return self.metric if self.metric is not None and self.metric.kernel is not None else None
 
     # ------------------------------------------------------------------ passes
     def forward(self, x, training=False):
@@ -156,7 +188,7 @@ class Model:
         With ``sample_weight`` the objective is ``sum(w * loss) / sum(w)`` over the batch.
         """
         out = self.forward(x, training=True)
-        accuracy = self.metric(out, y) if self.metric else None
+        accuracy = self.metric(self.loss.metric_scores(out), y) if self.batch_metric else None
         if sample_weight is None:
             data_loss = self.loss.forward(out, y)
             self.backward(out, y)
@@ -181,13 +213,38 @@ class Model:
         return self.train_step
 
     # ------------------------------------------------------------------ data
-    def _prepare(self, X, y, x_name="X", y_name="y"):
-        """Validate host data and move it to the backend once."""
+    def _prepare(self, X, y, x_name="X", y_name="y", learn=False):
+        """Validate host data and move it to the backend once; ``learn``: a fit may learn names from it."""
         self._require_loss()
-        X = check_features(x_name, X, self.n_inputs, self.dtype)
-        y = check_targets(y_name, y, X.shape[0], x_name, self.dtype)
+        X = self._features(x_name, X, learn)
+        y = check_targets(y_name, self._class_indices(y_name, y, learn), X.shape[0], x_name, self.dtype)
         y = self.loss.prepare_targets(y, self.n_outputs, self.dtype, y_name)
         return self.backend.asarray(X, self.dtype), self.backend.asarray(y), y
+
+    def _features(self, name, X, learn=False) -> np.ndarray:
+        """``check_features``, and a data frame's columns checked against (or, learning, kept as) the feature names."""
+        names = column_names(X)
+        if names is not None and self.feature_names_ is None and learn:
+            self.feature_names_ = names
+        elif names is not None and self.feature_names_ is not None:
+            check_feature_names(name, self.feature_names_, names)
+        return check_features(name, X, self.n_inputs, self.dtype)
+
+    def _class_indices(self, name, y, learn):
+        """A classifier's labels as class indices (names looked up in, or learned into, ``classes_``)."""
+        if not self.loss.classifies:
+            return y
+        y = labels.as_label_column(host_array(name, y), self.n_outputs)
+        if y.ndim != 1:
+            return y  # one-hot rows
+        if self.classes_ is None and labels.are_names(y):
+            if not learn:
+                raise ValueError(f"{name} holds class names, but this model has none: fit it on named labels "
+                                 "first, or name its outputs with model.classes_ = [...].")
+            self.classes_ = labels.learn_classes(name, y, self.n_outputs)
+        if self.classes_ is None or self.classes_ == list(range(self.n_outputs)) and not labels.are_names(y):
+            return y  # class indices already
+        return labels.encode(name, y, self.classes_)
 
     def _require_loss(self):
         if self.loss is None:
@@ -236,7 +293,9 @@ class Model:
             (X, y, *weights), (X_val, y_val, *_) = split_for_validation(validation_split, X, y, *weights)
             sample_weight = weights[0] if weights else None
             validation_data = (X_val, y_val)
-        x, y_dev, y_host = self._prepare(X, y)
+        x, y_dev, y_host = self._prepare(X, y, learn=True)
+        if self.loss.classifies and self.classes_ is None:
+            self.classes_ = list(range(self.n_outputs))
         weights = self._sample_weights(sample_weight, class_weight, y_host)
         val = None
         if validation_data is not None:
@@ -286,14 +345,15 @@ class Model:
                 loss = loss + self.loss.forward(out, yb) * (out.shape[0] / n)
             else:
                 loss = loss + (self.loss.row_losses(out, yb) * weights[rows]).sum() / total
-            if self.metric:
-                accuracy = accuracy + self.metric(out, yb) * (out.shape[0] / n)
+            if self.batch_metric:
+                accuracy = accuracy + self.metric(self.loss.metric_scores(out), yb) * (out.shape[0] / n)
         logs = {"loss": self.backend.to_float(loss)}
         reg = self.regularization_loss()
+        if self.metric:
+            mean = logs["loss"] if self.batch_metric is None else self.backend.to_float(accuracy)
+            logs[self.metric.name] = self.metric.value(mean, self.metric.target_variance(y))
         if reg is not None:
             logs["loss"] += self.backend.to_float(reg)
-        if self.metric:
-            logs["accuracy"] = self.backend.to_float(accuracy)
         return logs
 
     def evaluate(self, X, y, batch_size=None, sample_weight=None) -> dict:
@@ -314,7 +374,7 @@ class Model:
 
     def predict(self, X, batch_size=None) -> np.ndarray:
         """Outputs of the network for X (inference mode), as a host NumPy array."""
-        X = check_features("X", X, self.n_inputs, self.dtype)
+        X = self._features("X", X)
         n = X.shape[0]
         batch_size = n if batch_size is None else check_positive_int("batch_size", batch_size)
         parts = []
@@ -322,6 +382,13 @@ class Model:
             x = self.backend.asarray(X[start:start + batch_size], self.dtype)
             parts.append(self.backend.to_numpy(self.forward(x, training=False)))
         return np.concatenate(parts)
+
+    def predict_classes(self, X, batch_size=None) -> np.ndarray:
+        """A classifier's predicted class for each row of X: its label in ``classes_`` (the names fit saw)."""
+        if self.loss is None or not self.loss.classifies:
+            raise ValueError("predict_classes needs a classifier (categorical cross-entropy); use predict.")
+        best = self.predict(X, batch_size).argmax(axis=1)
+        return best if self.classes_ is None else labels.decode(best, self.classes_)
 
     # ------------------------------------------------------------------ weights
     def get_weights(self) -> list[np.ndarray]:
@@ -377,6 +444,8 @@ class Model:
             "loss": json.dumps(self.loss.config()),
             "optimizer": json.dumps(self.optimizer.config()),
             "metric": json.dumps(self.metric.config() if self.metric else None),
+            **{key: json.dumps(getattr(self, attr)) for key, attr in NAMES_IN_FILES.items()
+               if getattr(self, attr) is not None},
         }
         if include_optimizer:
             tensors.update({name: self.backend.to_numpy(array) for name, array in self._optimizer_state()})
@@ -403,9 +472,12 @@ def load_model(path, backend=None) -> Model:
         for spec in json.loads(meta["layers"]):
             model.add(from_config(spec["class"], spec["config"]))
         metric = json.loads(meta["metric"])
-        model.compile(loss=json.loads(meta["loss"])["name"],
+        model.compile(loss=json.loads(meta["loss"]),
                       optimizer=optimizer_from_config(json.loads(meta["optimizer"])),
                       metrics=[metric_from_config(metric)] if metric else [])
+        for key, attr in NAMES_IN_FILES.items():
+            if key in meta:
+                setattr(model, attr, json.loads(meta[key]))
         training = json.loads(meta["training"]) if "training" in meta else None
         if training is not None:
             model.optimizer.restore_training_state(training)
@@ -428,6 +500,23 @@ def load_model(path, backend=None) -> Model:
                                  f"but the architecture needs {array.shape}.")
         array[...] = model.backend.asarray(tensors[name], model.dtype)
     return model
+
+
+def _check_output_layer(loss, last):
+    """``loss``, if the last layer gives what it reads; else a ValueError that names both fixes."""
+    if loss.link is None:
+        return loss
+    gives_link = getattr(last, "kernel", None) == loss.link
+    what = type(last).__name__ if not isinstance(last, Dense) else f"Dense({last.n_inputs}, {last.n_neurons})"
+    link = loss.link.capitalize()
+    if loss.from_logits and gives_link:
+        raise ValueError(f"{type(loss).__name__}(from_logits=True) applies the {loss.link} itself, but the last "
+                         f"layer is already {link}: remove that layer, or use from_logits=False.")
+    if not loss.from_logits and not gives_link:
+        raise ValueError(f"{loss.name} expects probabilities, but the last layer is {what}, which gives "
+                         f"unbounded scores: add a {link}() layer at the end, or compile with "
+                         f"loss={type(loss).__name__}(from_logits=True) (from nnbackends.losses).")
+    return loss
 
 
 def _shares(weights):

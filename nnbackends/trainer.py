@@ -108,14 +108,15 @@ class EpochSums:
         if accuracy is not None:
             self.accuracy = self.accuracy + accuracy * weight
 
-    def logs(self, backend, with_accuracy) -> dict:
+    def logs(self, backend, metric) -> dict:
+        """The epoch's logs; ``metric`` (or None) is reported under its name, from its own sum or the data loss."""
         def host(v):  # sums stay Python floats when nothing was added to them
             return v if isinstance(v, float) else backend.to_float(v)
 
         data_loss, reg_loss = host(self.loss), host(self.regularization)
         logs = {"loss": data_loss + reg_loss, "data_loss": data_loss, "regularization_loss": reg_loss}
-        if with_accuracy:
-            logs["accuracy"] = host(self.accuracy)
+        if metric is not None:
+            logs[metric.name] = metric.value(data_loss if metric.kernel is None else host(self.accuracy))
         return logs
 
 
@@ -269,7 +270,7 @@ class Trainer:
     def end_epoch(self, epoch, sums):
         model, history = self.model, self.history
         seconds = time.perf_counter() - self.start
-        logs = sums.logs(model.backend, model.metric is not None)
+        logs = sums.logs(model.backend, model.metric)
         if self.validation is not None:
             logs.update({"val_" + k: v for k, v in model._evaluate_device(*self.validation).items()})
         history.append(logs)

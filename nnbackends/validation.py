@@ -26,6 +26,12 @@ def check_positive_int(name, value) -> int:
     return int(value)
 
 
+def check_bool(name, value) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {value!r} ({type(value).__name__}).")
+    return bool(value)
+
+
 def check_seed(name, value):
     """None or a non-negative integer (a seed for NumPy's generators)."""
     if value is None:
@@ -93,8 +99,8 @@ def check_features(name, X, n_features=None, dtype=None) -> np.ndarray:
     """
     arr = _numeric_array(name, X)
     if arr.ndim != 2:
-        hint = f" (reshape a single feature with {name}.reshape(-1, 1))" if arr.ndim == 1 else ""
-        raise ValueError(f"{name} must be 2-D (n_samples, n_features), got shape {arr.shape}{hint}.")
+        raise ValueError(f"{name} must be 2-D (n_samples, n_features), got shape {arr.shape}"
+                         f"{_reshape_hint(name, arr, n_features)}.")
     if arr.shape[0] == 0:
         raise ValueError(f"{name} is empty (shape {arr.shape}); at least one sample is needed.")
     if n_features is not None and arr.shape[1] != n_features:
@@ -103,6 +109,41 @@ def check_features(name, X, n_features=None, dtype=None) -> np.ndarray:
         )
     _check_finite(name, arr, dtype)
     return arr
+
+
+def _reshape_hint(name, arr, n_features) -> str:
+    """How to make a 1-D array 2-D: one sample, or one feature per sample (the likelier first)."""
+    if arr.ndim != 1:
+        return ""
+    one_sample = f"{name}.reshape(1, -1) if it is one sample"
+    one_feature = f"{name}.reshape(-1, 1) if it is one feature per sample"
+    if n_features == 1:
+        return f"; use {one_feature}"
+    if n_features is not None and arr.shape[0] == n_features:
+        return f"; use {one_sample} ({one_feature})"
+    return f"; use {one_sample}, or {one_feature}"
+
+
+def column_names(X) -> list[str] | None:
+    """The column names of a data frame (anything with ``columns`` that is not an array), else None."""
+    columns = getattr(X, "columns", None)
+    if columns is None or isinstance(X, np.ndarray):
+        return None
+    return [str(c) for c in columns]
+
+
+def check_feature_names(name, expected, got):
+    """A ValueError saying how the columns ``got`` differ from the feature names ``expected``."""
+    if list(got) == list(expected):
+        return
+    missing = [c for c in expected if c not in got]
+    unexpected = [c for c in got if c not in expected]
+    if missing or unexpected:
+        parts = [f"missing {missing}"] * bool(missing) + [f"unexpected {unexpected}"] * bool(unexpected)
+        detail = ", ".join(parts)
+    else:
+        detail = f"the same names in another order: {list(got)}, the model's order is {list(expected)}"
+    raise ValueError(f"{name}'s columns do not match the features the model was trained on: {detail}.")
 
 
 def check_targets(name, y, n_samples, x_name="X", dtype=None) -> np.ndarray:
@@ -126,9 +167,12 @@ def check_class_labels(name, y, n_classes) -> np.ndarray:
             raise ValueError(f"{name} must hold integer class labels, got the value {bad.item()!r}.")
         low, high = y.min(), y.max()
         if low < 0 or high >= n_classes:
+            values = np.unique(y)
+            named = (f" or, if these {values.size} values name the classes, set model.classes_ = "
+                     f"{values.astype(np.int64).tolist()} before fit" if values.size == n_classes else "")
             raise ValueError(
                 f"{name} holds labels from {low:g} to {high:g} but the output layer has {n_classes} "
-                f"classes (labels must be in 0..{n_classes - 1})."
+                f"classes (labels must be in 0..{n_classes - 1}{named})."
             )
         return y.astype(np.int64)
     if y.shape[1] != n_classes:

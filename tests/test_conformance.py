@@ -66,6 +66,7 @@ CASES = {
     "softmax_cce_backward": lambda r, n, k: ((probabilities(r, n, k), labels(r, n, k)), ()),
     "bce_loss": lambda r, n, k: ((r.uniform(0.01, 0.99, (n, k)), r.integers(0, 2, (n, k)).astype(float)), ()),
     "bce_backward": lambda r, n, k: ((r.uniform(0.01, 0.99, (n, k)), r.integers(0, 2, (n, k)).astype(float)), ()),
+    "sigmoid_bce_backward": lambda r, n, k: ((r.uniform(0.01, 0.99, (n, k)), r.integers(0, 2, (n, k)).astype(float)), ()),
     "mse_loss": lambda r, n, k: ((r.standard_normal((n, k)), r.standard_normal((n, k))), ()),
     "mse_backward": lambda r, n, k: ((r.standard_normal((n, k)), r.standard_normal((n, k))), ()),
     "mae_loss": lambda r, n, k: ((r.standard_normal((n, k)), r.standard_normal((n, k))), ()),

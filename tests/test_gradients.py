@@ -235,6 +235,22 @@ def test_fused_softmax_cce_gradient(backend, targets):
     np.testing.assert_allclose(fused, chained, rtol=1e-10, atol=1e-12)
 
 
+def test_fused_sigmoid_bce_gradient(backend):
+    """sigmoid_bce_backward equals d bce(sigmoid(z)) / dz, and the chained unfused gradient."""
+    rng = np.random.default_rng(9)
+    z = rng.standard_normal((6, 3)) * 2
+    y_dev = backend.asarray(rng.integers(0, 2, (6, 3)).astype(float), DTYPE)
+
+    def objective(zh):
+        return backend.to_float(backend.bce_loss(backend.sigmoid_forward(backend.asarray(zh, DTYPE)), y_dev))
+
+    p = backend.sigmoid_forward(backend.asarray(z, DTYPE))
+    fused = backend.to_numpy(backend.sigmoid_bce_backward(p, y_dev))
+    assert_gradient(fused, numeric_gradient(objective, z.copy()), "fused sigmoid+BCE gradient")
+    chained = backend.to_numpy(backend.sigmoid_backward(p, backend.bce_backward(p, y_dev)))
+    np.testing.assert_allclose(fused, chained, rtol=1e-10, atol=1e-12)
+
+
 # ---------------------------------------------------------------------- whole model
 MODELS = {
     "softmax_cce": (lambda: [Dense(3, 5, weight_regularizer_l2=0.01, bias_regularizer_l1=0.02), Tanh(),

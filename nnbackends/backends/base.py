@@ -58,6 +58,7 @@ KERNELS = (
     "softmax_cce_backward",
     "bce_loss",
     "bce_backward",
+    "sigmoid_bce_backward",
     "mse_loss",
     "mse_backward",
     "mae_loss",
@@ -277,6 +278,10 @@ class ArrayBackend(Backend):
     def bce_backward(self, p, y):
         p = self.xp.clip(p, CLIP, 1 - CLIP)
         return -(y / p - (1 - y) / (1 - p)) / p.size
+
+    def sigmoid_bce_backward(self, p, y):
+        """Gradient of bce_loss(sigmoid(z)) with respect to the logits z, given p = sigmoid(z)."""
+        return (p - y) / p.size
 
     def mse_loss(self, p, y):
         d = y - p

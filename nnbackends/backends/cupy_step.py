@@ -116,7 +116,7 @@ class GraphStep:
         self.queue(x, y)
         totals = self._read()
         t = np.dtype(self.model.dtype).type
-        accuracy = t(totals[SLOT["last_accuracy"]]) if self.model.metric is not None else None
+        accuracy = t(totals[SLOT["last_accuracy"]]) if self.model.batch_metric is not None else None
         return t(totals[SLOT["last_loss"]]), accuracy, not totals[SLOT["failed_step"]]
 
     def queue(self, x, y):
@@ -127,7 +127,7 @@ class GraphStep:
         dtype = self.model.dtype  # that of the graph's buffers
         x = be._contiguous(x).astype(dtype, copy=False)
         y = be._contiguous(y).astype(np.int64 if self.plan.classifies and y.ndim == 1 else dtype, copy=False)
-        precision = getattr(self.model.metric, "precision", None)
+        precision = getattr(self.model.batch_metric, "precision", None)
         key = (x.shape, y.shape, y.dtype.str, precision)
         self._sync_schedule()
         entry = self.shapes.get(key)
@@ -152,7 +152,7 @@ class GraphStep:
         failed = int(totals[SLOT["failed_step"]]) - 1 if totals[SLOT["failed_step"]] else None
         return EpochTotals(
             data_loss=totals[SLOT["loss"]] / rows,
-            accuracy=totals[SLOT["accuracy"]] / rows if self.model.metric is not None else None,
+            accuracy=totals[SLOT["accuracy"]] / rows if self.model.batch_metric is not None else None,
             regularization=totals[SLOT["regularization"]] / rows,
             failed_iteration=failed,
             failed_loss=None if failed is None else totals[SLOT["failed_loss"]],
@@ -230,7 +230,7 @@ class GraphStep:
         loss, accuracy = b.result[0, ...], b.result[1, ...]
         classes = plan.classifies
         be._loss_into("cce" if classes else "mse", out, y, loss, b.work)
-        if self.model.metric is not None:
+        if self.model.batch_metric is not None:
             be._accuracy_into("categorical" if classes else "regression", out, y, accuracy, precision, b.work)
         be._loss_backward_into("softmax_cce" if classes else "mse", out, y, b.g[-1])
         for i in range(len(plan) - 1, -1, -1):

@@ -187,7 +187,7 @@ class FusedStep:
 
     def _settings(self):
         """The arguments the kernels take after the work buffers, up to ``hyper``."""
-        precision = float(getattr(self.model.metric, "precision", None) or 0.0)
+        precision = float(getattr(self.model.batch_metric, "precision", None) or 0.0)
         return self.codes, self.alphas, precision, self.regs, self.opt_code, self.hyper
 
     def __call__(self, x, y):
@@ -240,7 +240,7 @@ class FusedStep:
         return self._result(loss, acc, finite)
 
     def _result(self, loss, acc, finite):
-        return self.dtype.type(loss), (None if self.model.metric is None else np.float64(acc)), bool(finite)
+        return self.dtype.type(loss), (None if self.model.batch_metric is None else np.float64(acc)), bool(finite)
 
 
 def warm_step(dtype):

@@ -8,7 +8,8 @@ and its state arrays.
 
 A model qualifies when it is Dense layers, each followed by at most one of
 ReLU, LeakyReLU, Sigmoid, Tanh or Linear, ending in Softmax with categorical
-cross-entropy or in Linear (or no activation) with MSE; trains with an
+cross-entropy (or in Linear, or no activation, with ``from_logits=True``: the
+loss's softmax is the step's output stage) or in Linear (or no activation) with MSE; trains with an
 optimizer whose update kernel the backend's step runs; and reports no metric
 or the loss's accuracy.
 """
@@ -59,10 +60,11 @@ class StepPlan(NamedTuple):
 
 def step_plan(model, updates=COMMON_UPDATES) -> StepPlan | None:
     """The model's ``StepPlan``, or None when it does not qualify (``updates``: the update kernels the step runs)."""
-    loss, optimizer, metric = model.loss, model.optimizer, model.metric
+    loss, optimizer, metric = model.loss, model.optimizer, model.batch_metric
     if loss is None or loss.name not in OUTPUTS or getattr(optimizer, "update_kernel", None) not in updates:
         return None
     mode, output, accuracy = OUTPUTS[loss.name]
+    last = "linear" if loss.from_logits else output  # the activation of the model's last stage
     if metric is not None and getattr(metric, "kernel", None) != accuracy:
         return None
     stages: list[Stage] = []
@@ -71,10 +73,11 @@ def step_plan(model, updates=COMMON_UPDATES) -> StepPlan | None:
             stages.append(Stage(layer, "linear", 0.0))
             continue
         kind = getattr(layer, "kernel", None)
-        if not stages or stages[-1].activation != "linear" or kind not in (*FUSED_ACTIVATIONS, output):
+        if not stages or stages[-1].activation != "linear" or kind not in (*FUSED_ACTIVATIONS, last):
             return None  # an unknown layer (Dropout, ...), two activations in a row, or one before any Dense
         stages[-1] = Stage(stages[-1].dense, kind, float(getattr(layer, "alpha", 0.0)))
-    if not stages or stages[-1].activation != output or any(s.activation == "softmax" for s in stages[:-1]):
+    if not stages or stages[-1].activation != last or any(s.activation == "softmax" for s in stages[:-1]):
         return None
+    stages[-1] = stages[-1]._replace(activation=output)
     return StepPlan(tuple(stages), mode, optimizer.update_kernel, optimizer.hyperparameters,
                     tuple(optimizer.state_names))
