@@ -53,8 +53,14 @@ EXPORTABLE = (Dense, ReLU, LeakyReLU, Sigmoid, Tanh, Softmax, Linear, Dropout)
 _INSTALL_ONNX = 'pip install "nnbackends[onnx]"'
 
 
-def _check_layers(model, target):
-    """Raise ``ExportError`` for the first layer ``target`` cannot express."""
+def _check_layers(model, target, takes_preprocess=False):
+    """Raise ``ExportError`` for the first layer ``target`` cannot express (or a preprocessing step)."""
+    step = model.preprocess
+    if step is not None and not takes_preprocess:
+        raise ExportError(f"{target} has no place for the model's {step!r} step; export to ONNX "
+                          "(which includes it), or apply model.preprocess to the inputs yourself.")
+    if step is not None and not step.fitted:
+        raise ExportError(f"The model's {step!r} step is not fitted yet: fit the model before exporting it.")
     if not model.layers:
         raise ExportError(f"Cannot export an empty model to {target}: add layers first.")
     for i, layer in enumerate(model.layers):
@@ -108,16 +114,22 @@ def onnx_model(model, opset=None):
     from onnx import TensorProto, helper, numpy_helper
 
     opset = _check_opset(DEFAULT_OPSET if opset is None else opset)  # an old onnx may lack the default
-    _check_layers(model, "ONNX")
+    _check_layers(model, "ONNX", takes_preprocess=True)
     dtype = np.dtype(model.dtype)
     elem = TensorProto.DOUBLE if dtype == np.float64 else TensorProto.FLOAT
     nodes, inits, current = [], [], "input"
 
     def emit(op, inputs, i, **attrs):
         nonlocal current
-        out = f"layer{i}.{op.lower()}"
+        out = f"layer{i}.{op.lower()}" if isinstance(i, int) else f"{i}.{op.lower()}"
         nodes.append(helper.make_node(op, inputs, [out], name=out, **attrs))
         current = out
+
+    if model.preprocess is not None:  # Standardize: (x - mean) / scale
+        for name, value in model.preprocess.tensors().items():
+            inits.append(numpy_helper.from_array(value.astype(dtype), f"preprocess.{name}"))
+        emit("Sub", [current, "preprocess.mean"], "preprocess")
+        emit("Div", [current, "preprocess.scale"], "preprocess")
 
     for i, layer in enumerate(model.layers):
         if isinstance(layer, Dense):

@@ -23,6 +23,7 @@ from .losses import CategoricalCrossentropy, get_loss
 from .metrics import get_metric, metric_from_config
 from .model_files import read_model_file, write_model_file
 from .optimizers import get_optimizer, optimizer_from_config
+from .preprocessing import PREPROCESSORS
 from .progress import make_progress
 from .trainer import BatchSource, Trainer
 from .validation import (check_choice, check_feature_names, check_features, check_positive_int, check_sample_weight,
@@ -62,6 +63,7 @@ class Model:
         self._classes = None
         self.feature_names_ = None
         self.label_name_ = None
+        self.preprocess = None  # a step such as preprocessing.Standardize(), applied to every input (see there)
 
     @property
     def classes_(self):
@@ -228,7 +230,12 @@ class Model:
             self.feature_names_ = names
         elif names is not None and self.feature_names_ is not None:
             check_feature_names(name, self.feature_names_, names)
-        return check_features(name, X, self.n_inputs, self.dtype)
+        X = check_features(name, X, self.n_inputs, self.dtype)
+        if self.preprocess is not None:
+            if learn and not self.preprocess.fitted:
+                self.preprocess.fit(X)
+            X = self.preprocess(X)
+        return X
 
     def _class_indices(self, name, y, learn):
         """A classifier's labels as class indices (names looked up in, or learned into, ``classes_``)."""
@@ -447,6 +454,10 @@ class Model:
             **{key: json.dumps(getattr(self, attr)) for key, attr in NAMES_IN_FILES.items()
                if getattr(self, attr) is not None},
         }
+        if self.preprocess is not None:
+            metadata["preprocess"] = json.dumps(self.preprocess.config())
+            if self.preprocess.fitted:
+                tensors.update({f"preprocess.{k}": v for k, v in self.preprocess.tensors().items()})
         if include_optimizer:
             tensors.update({name: self.backend.to_numpy(array) for name, array in self._optimizer_state()})
             metadata["training"] = json.dumps({**self.optimizer.training_state(), "epochs": self.epochs_trained,
@@ -478,6 +489,8 @@ def load_model(path, backend=None) -> Model:
         for key, attr in NAMES_IN_FILES.items():
             if key in meta:
                 setattr(model, attr, json.loads(meta[key]))
+        if "preprocess" in meta:
+            model.preprocess = _preprocess_from_file(json.loads(meta["preprocess"]), tensors)
         training = json.loads(meta["training"]) if "training" in meta else None
         if training is not None:
             model.optimizer.restore_training_state(training)
@@ -500,6 +513,13 @@ def load_model(path, backend=None) -> Model:
                                  f"but the architecture needs {array.shape}.")
         array[...] = model.backend.asarray(tensors[name], model.dtype)
     return model
+
+
+def _preprocess_from_file(config, tensors):
+    """The preprocessing step a file names, restored from (and taken out of) its ``preprocess.*`` tensors."""
+    step = PREPROCESSORS[check_choice("preprocessing step", config["class"], tuple(PREPROCESSORS))]()
+    values = {name.split(".", 1)[1]: tensors.pop(name) for name in list(tensors) if name.startswith("preprocess.")}
+    return step.restore(values) if values else step
 
 
 def _check_output_layer(loss, last):

@@ -243,7 +243,7 @@ def sine_model(be, dt):
     model = Model(backend=be, seed=1, dtype=dt)
     for layer in (Dense(1, 16), Tanh(), Dense(16, 1), Linear()):
         model.add(layer)
-    return model.compile(loss="mse", optimizer=Adam(0.01))
+    return model.compile(loss="mse", optimizer=Adam(0.01), metrics=["accuracy"])  # the book's, computed per step
 
 
 def test_fused_step_regression():

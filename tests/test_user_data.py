@@ -10,6 +10,7 @@ import nnbackends as nb
 from nnbackends.datasets import sine_data, spiral_data
 from nnbackends.layers import Dense, Linear, ReLU, Sigmoid, Softmax
 from nnbackends.losses import BinaryCrossentropy, CategoricalCrossentropy
+from nnbackends.preprocessing import Standardize
 
 NAMES = np.array(["setosa", "versicolor", "virginica"])
 
@@ -193,3 +194,37 @@ def test_a_single_sample_gets_the_reshape_that_fixes_it():
     model = classifier()
     with pytest.raises(ValueError, match=r"use X.reshape\(1, -1\) if it is one sample"):
         model.predict(np.array([0.1, 0.2]))
+
+
+# ---------------------------------------------------------------------- standardizing
+def test_standardize_is_fitted_by_fit_applied_everywhere_and_saved(tmp_path, backend):
+    X, y = spiral_data(50, 3, seed=6)
+    prices = X * 1e5 + 3e5  # features far from unit scale
+    plain, standardized = classifier(backend), classifier(backend)
+    standardized.preprocess = Standardize()
+    plain.fit((prices - prices.mean(0)) / prices.std(0), y, epochs=20, verbose=0)
+    standardized.fit(prices, y, epochs=20, verbose=0)
+    np.testing.assert_allclose(standardized.preprocess.mean, prices.mean(0), rtol=1e-6)
+    for got, want in zip(standardized.get_weights(), plain.get_weights()):  # it trains as on scaled data
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    standardized.save(tmp_path / "s.safetensors")
+    loaded = nb.load_model(tmp_path / "s.safetensors", backend=backend)
+    np.testing.assert_allclose(loaded.predict(prices), standardized.predict(prices), rtol=1e-6)
+    assert loaded.evaluate(prices, y) == pytest.approx(standardized.evaluate(prices, y))
+
+
+def test_the_onnx_file_standardizes_and_a_state_dict_says_it_cannot(tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    from nnbackends.errors import ExportError
+    from nnbackends.export import to_onnx, to_torch_state_dict
+
+    X, y = spiral_data(30, 3, seed=7)
+    model = classifier()
+    model.preprocess = Standardize()
+    model.fit(X * 50 + 7, y, epochs=5, verbose=0)
+    to_onnx(model, tmp_path / "m.onnx")
+    session = ort.InferenceSession(str(tmp_path / "m.onnx"))
+    got = session.run(None, {"input": (X * 50 + 7).astype(np.float32)})[0]
+    np.testing.assert_allclose(got, model.predict(X * 50 + 7), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ExportError, match="has no place for the model's Standardize"):
+        to_torch_state_dict(model)
