@@ -284,6 +284,10 @@ extern "C" __global__ void bce_backward(const real* p, const real* y, real* g, l
     }
 }
 
+extern "C" __global__ void sigmoid_bce_backward(const real* p, const real* y, real* g, long long n) {
+    FOR_EACH(i, n) g[i] = (p[i] - y[i]) / (real)n;
+}
+
 extern "C" __global__ void mse_loss(const real* p, const real* y, real* out, long long n,
                                     double* partials) {
     reduce_mean(

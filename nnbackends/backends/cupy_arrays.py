@@ -131,7 +131,7 @@ class CupyArrayCode(ArrayBackend):
         out[...] = _reference(kind + "_loss")(self, p, y)
 
     def _loss_backward_into(self, kind, p, y, out):
-        """Gradient ``kind`` (cce, softmax_cce, bce, mse, mae) into ``out``."""
+        """Gradient ``kind`` (cce, softmax_cce, bce, sigmoid_bce, mse, mae) into ``out``."""
         out[...] = _reference(kind + "_backward")(self, p, y)
 
     def _accuracy_into(self, kind, p, y, out, precision=None, work=None):
@@ -306,6 +306,9 @@ class CupyArrayCode(ArrayBackend):
 
     def bce_backward(self, p, y):
         return self._gradient("bce", p, self._float_operands("bce_backward", p, y))
+
+    def sigmoid_bce_backward(self, p, y):
+        return self._gradient("sigmoid_bce", p, self._float_operands("sigmoid_bce_backward", p, y))
 
     def mse_loss(self, p, y):
         return self._reduce(self._loss_into, "mse", p, self._float_operands("mse_loss", p, y))

@@ -29,7 +29,7 @@ CUDA_FUNCTIONS = (
     "cce_loss_labels", "cce_loss_onehot", "cce_backward_labels", "cce_backward_onehot",
     "softmax_cce_backward_labels", "softmax_cce_backward_onehot",
     "categorical_accuracy_labels", "categorical_accuracy_onehot",
-    "bce_loss", "bce_backward", "mse_loss", "mse_backward", "mae_loss", "mae_backward",
+    "bce_loss", "bce_backward", "sigmoid_bce_backward", "mse_loss", "mse_backward", "mae_loss", "mae_backward",
     "binary_accuracy", "regression_accuracy", "regularization_loss", "regularization_backward",
     "dropout_mask", "multiply", "argmax_rows", "flag_nonfinite", "flag_nonfinite_many",
     "sgd_update", "sgd_momentum_update", "adagrad_update", "rmsprop_update", "adam_update",

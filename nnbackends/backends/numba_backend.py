@@ -103,6 +103,9 @@ class NumbaBackend(ArrayBackend):
     def bce_backward(self, p, y):
         return K.bce_backward(p, y)
 
+    def sigmoid_bce_backward(self, p, y):
+        return K.sigmoid_bce_backward(p, y)
+
     def mse_loss(self, p, y):
         return p.dtype.type(K.mse_loss(p, y))
 
@@ -211,6 +214,7 @@ def _warm_kernels(be, dtype):
         be.cce_loss(p, y), be.cce_backward(p, y), be.softmax_cce_backward(p, y), be.categorical_accuracy(p, y)
     for kernel in ("bce", "mse", "mae"):
         getattr(be, kernel + "_loss")(p, onehot), getattr(be, kernel + "_backward")(p, onehot)
+    be.sigmoid_bce_backward(p, onehot)
     be.regularization_backward(a, b, 0.1, 0.1), be.regularization_loss(a, 0.1, 0.1)
     be.multiply(a, be.dropout_mask(a.shape, 0.5, r, dtype))
     for x in (a, vec):  # weights and biases

@@ -537,6 +537,16 @@ def bce_backward(p, y):
 
 
 @jit
+def sigmoid_bce_backward(p, y):
+    out = np.empty(p.shape, p.dtype)
+    pf, yf, of = flat(p), flat(y), out.ravel()
+    n = pf.size
+    for i in range(n):
+        of[i] = (pf[i] - yf[i]) / n
+    return out
+
+
+@jit
 def mse_loss(p, y):
     pf, yf = flat(p), flat(y)
     total = 0.0
