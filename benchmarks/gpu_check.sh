@@ -9,7 +9,7 @@
 #
 # Stages, each under `timeout` with the limit below (the limits add up to under
 # 480 s; tests/test_gpu_check.py checks that):
-#   preflight    the device, CuPy, NVRTC; pytest and hypothesis (needed), pytest-benchmark and torch (optional)
+#   preflight    numpy, safetensors, pytest and hypothesis (needed); the device, CuPy, NVRTC; pytest-benchmark and torch (optional)
 #   install      this checkout without dependencies, and that the CUDA source ships with it
 #   conformance  every kernel on cupy against the NumPy reference (tests/test_conformance.py)
 #   equivalence  training on cupy against NumPy: one step 1e-5, 5-step curves 1e-4, 10,000-epoch spiral >= 0.90
@@ -73,15 +73,7 @@ import os
 import subprocess
 import sys
 
-from nnbackends.backends import get_backend, unavailable_reason
-
-reason = unavailable_reason("cupy")
-if reason:
-    print(f"SUMMARY no usable GPU here, nothing to check: {reason}")
-    sys.exit(2)
-facts = get_backend("cupy").describe()
-print("SUMMARY " + ", ".join(f"{k} {v}" for k, v in facts.items()))
-needed, optional = ("pytest", "hypothesis"), ("pytest_benchmark", "torch")
+needed, optional = ("numpy", "safetensors", "pytest", "hypothesis"), ("pytest_benchmark", "torch")
 missing = [m for m in needed if importlib.util.find_spec(m) is None]
 wheels = os.environ.get("NNBACKENDS_WHEELS")
 if missing and wheels and os.path.isdir(wheels):
@@ -89,6 +81,19 @@ if missing and wheels and os.path.isdir(wheels):
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-index", "--find-links", wheels,
                     *(m.replace("_", "-") for m in missing)], check=False)
     missing = [m for m in needed if importlib.util.find_spec(m) is None]
+if missing:
+    print(f"SUMMARY missing {missing}: nnbackends or its tests cannot run. There is no network here: put "
+          "their wheels in a folder and set NNBACKENDS_WHEELS to it.")
+    sys.exit(1)
+
+from nnbackends.backends import get_backend, unavailable_reason  # noqa: E402  (needs numpy and safetensors)
+
+reason = unavailable_reason("cupy")
+if reason:
+    print(f"SUMMARY no usable GPU here, nothing to check: {reason}")
+    sys.exit(2)
+facts = get_backend("cupy").describe()
+print("SUMMARY " + ", ".join(f"{k} {v}" for k, v in facts.items()))
 for name in optional:
     if importlib.util.find_spec(name) is None:
         print(f"SUMMARY optional {name} is not installed (its figures are left out)")
@@ -96,10 +101,6 @@ if importlib.util.find_spec("torch") is not None:
     import torch
 
     print(f"SUMMARY torch {torch.__version__}, CUDA available: {torch.cuda.is_available()}")
-if missing:
-    print(f"SUMMARY missing {missing}: the tests cannot run. There is no network here: put their wheels "
-          "in a folder and set NNBACKENDS_WHEELS to it.")
-    sys.exit(1)
 EOF
 if [ "$status" -ne 0 ]; then
     summary
