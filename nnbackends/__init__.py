@@ -17,7 +17,8 @@ from .backends import (
     registered_backends,
     use_backend,
 )
-from .errors import BackendUnavailableError, ModelFileError, TrainingDivergedError, UnknownBackendError
+from .errors import (BackendUnavailableError, ModelFileError, TrainingDivergedError, TrainingInterrupted,
+                     UnknownBackendError)
 from .model import History, Model, load_model
 
 __version__ = "0.1.0"
@@ -28,6 +29,7 @@ __all__ = [
     "Model",
     "ModelFileError",
     "TrainingDivergedError",
+    "TrainingInterrupted",
     "UnknownBackendError",
     "available_backends",
     "current_backend",

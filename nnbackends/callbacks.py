@@ -3,7 +3,8 @@
 A callback sees the model as ``self.model``; setting ``model.stop_training = True``
 ends training after the current epoch. Only callbacks that override
 ``on_batch_end`` make the trainer report single steps (which reads each step's
-loss back to the host); the others keep the fused step as it is.
+loss back to the host); the others keep the fused step as it is. Callbacks that
+write files check in ``on_train_begin`` that they can, before the first epoch.
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import csv
 import math
 import os
 
+from .model_files import check_output_path
 from .validation import check_choice, check_nonnegative_float, check_nonnegative_int
 
 MODES = ("auto", "min", "max")
@@ -113,6 +115,15 @@ class EarlyStopping(_Monitor):
             self.model.set_weights(self.best_weights)
 
 
+def checkpoint_path(pattern, epoch, what="ModelCheckpoint path") -> str:
+    """``pattern`` with ``{epoch}`` replaced by ``epoch``; a ValueError naming ``what`` for other braces."""
+    try:
+        return pattern.format(epoch=epoch)
+    except (KeyError, IndexError, ValueError):
+        raise ValueError(f"{what} {pattern!r} has braces other than {{epoch}}; write {{{{ and }}}} "
+                         "for literal braces.") from None
+
+
 class ModelCheckpoint(_Monitor):
     """Save the model after each epoch to ``path`` (``{epoch}`` is replaced), each write atomic;
     with ``save_best_only``, only when ``monitor`` improved."""
@@ -120,12 +131,17 @@ class ModelCheckpoint(_Monitor):
     def __init__(self, path, monitor="val_loss", save_best_only=False, mode="auto"):
         super().__init__(monitor, mode)
         self.path = os.fspath(path)
+        checkpoint_path(self.path, 1)
         self.save_best_only = bool(save_best_only)
+
+    def on_train_begin(self, logs=None):
+        if self.model.comm.is_root:  # in a distributed fit, the root writes (Model.save)
+            check_output_path(checkpoint_path(self.path, self.model.epochs_trained + 1), "ModelCheckpoint path")
 
     def on_epoch_end(self, epoch, logs=None):
         if self.save_best_only and not self.improved(logs):
             return
-        self.model.save(self.path.format(epoch=epoch))
+        self.model.save(checkpoint_path(self.path, epoch))
 
 
 class CSVLogger(Callback):
@@ -138,7 +154,10 @@ class CSVLogger(Callback):
     def on_train_begin(self, logs=None):
         self.keys = None
         self.writes = self.model.comm.is_root  # in a distributed fit, the root writes the one file
-        if self.writes and not self.append:
+        if not self.writes:
+            return
+        check_output_path(self.path, "CSVLogger path", "log.csv")
+        if not self.append:
             with open(self.path, "w", newline=""):
                 pass
 

@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 
-from . import bench, cli_predict, cli_training, datasets, export_command, model_files
+import numpy as np
+
+from . import __version__, bench, cli_predict, cli_training, datasets, export_command, labels, model_files, plots
 from .cli_common import (Parser, UsageError, add_backend_argument, add_output_arguments, echo, emit, fraction,
                          format_metrics, nonnegative_float, positive_int)
 from .backends import ENV_VAR
@@ -19,6 +22,7 @@ from .errors import BackendUnavailableError, ModelFileError, TrainingDivergedErr
 from .layers import ACTIVATIONS, Dense, Dropout, Linear, Softmax, activation
 from .model import Model, load_model
 from .optimizers import OPTIMIZERS
+from .preprocessing import Standardize
 
 ACTIVATION_CHOICES = tuple(a for a in ACTIVATIONS if a not in ("softmax", "linear"))
 
@@ -79,9 +83,15 @@ def cmd_train(args) -> int:
     comm = args.comm
     if not comm.is_root:  # every rank trains; the root alone prints and writes
         args.quiet, args.json = True, False
-    if args.save and comm.is_root:
-        model_files.check_save_folder(args.save)  # fail now, not after a long run
-    X, y, source, *_ = load_data(args)
+    if comm.is_root:  # fail now, not after a long run
+        if args.save:
+            model_files.check_save_folder(args.save)
+        if args.plot:
+            plots.check_picture_path(args.plot)
+        cli_training.check_paths(args)
+    data = load_data(args)
+    X, y, source = data.X, data.y, data.source
+    warn_unused_settings(args, source)
     preset = PRESETS[source]
     keys = PRESET_KEYS
     if args.optimizer not in (None, preset["optimizer"]):  # another optimizer keeps its own defaults
@@ -91,7 +101,7 @@ def cmd_train(args) -> int:
             setattr(args, key, preset.get(key, 0.0 if key == "validation_split" else None))
     task = infer_task(source, y, args.task)
     if task == "classification":
-        n_outputs = int(y.max()) + 1
+        n_outputs = len(np.unique(y)) if labels.are_names(y) else int(y.max()) + 1
     else:
         y = y.reshape(len(y), -1)
         n_outputs = y.shape[1]
@@ -111,6 +121,9 @@ def cmd_train(args) -> int:
                             l1=args.l1, l2=args.l2, dropout=args.dropout)
         model.compile(loss="categorical_crossentropy" if task == "classification" else "mse",
                       optimizer=make_optimizer(args, schedule))
+        model.feature_names_, model.label_name_ = data.feature_names, data.label_name
+        if args.standardize:
+            model.preprocess = Standardize()
     how = (f" (from {ENV_VAR})" if not args.backend and os.environ.get(ENV_VAR)
            else " (auto)" if (args.backend or "auto").strip().lower() == "auto" else "")
     name = args.data or source
@@ -118,28 +131,64 @@ def cmd_train(args) -> int:
     echo(args, f"training on {name}: {len(X)} samples, {X.shape[1]} features, {task}; "
                f"backend {model.backend.name}{how}, {args.dtype}{ranks}")
     history = model.fit(X, y, epochs=args.epochs, batch_size=args.batch_size, validation_data=validation,
-                        verbose=0 if args.quiet else 1, comm=comm,
+                        verbose=0 if args.quiet else 1, comm=comm, on_interrupt="return",  # saved, then exit 130
                         callbacks=cli_training.make_callbacks(args, validation is not None))
     final = {k: v[-1] for k, v in history.history.items()}
+    if model.preprocess is None and history.epochs:
+        hint = scale_hint(X, y, history["loss"][0], task)
+        if hint:
+            echo(args, hint)
+    saved, save_failure = args.save, None
     if args.save:  # on the root; a failure there fails every rank
-        comm.on_root(model.save, args.save)
+        saved, save_failure = comm.on_root(cli_training.save, model, args.save) or (args.save, None)
+    if save_failure:  # shown even with --quiet
+        print(f"nnbackends train: error: could not save to {args.save!r} ({save_failure}); "
+              f"saved the trained model to {saved!r} instead", file=sys.stderr)
     if args.plot and history.epochs:
-        from .plots import training_report
-
-        comm.on_root(training_report, model, X, y, history, args.plot,
+        comm.on_root(plots.training_report, model, X, y, history, args.plot,
                      f"{name}: hidden {args.hidden}, {args.optimizer}, {history.epochs} epochs")
     result = {
         "dataset": name, "task": task, "backend": model.backend.name, "dtype": args.dtype,
         "epochs": history.epochs, "interrupted": history.interrupted, "seconds": history.seconds,
         "first_epoch_seconds": history.first_epoch_seconds, "steps_per_second": history.steps_per_second,
-        **final, "saved": args.save, "plot": args.plot, "ranks": comm.size,
+        **final, "saved": saved, "plot": args.plot, "ranks": comm.size,
     }
     lines = [f"{history.epochs} epochs in {history.seconds:.2f} s{_speed(history)}  {format_metrics(final)}"]
     if history.interrupted:
         lines.append(f"interrupted after {history.epochs} epochs")
-    lines += [f"saved the model to {args.save}"] * bool(args.save) + [f"wrote {args.plot}"] * bool(args.plot)
+    lines += [f"saved the model to {saved}"] * bool(saved) + [f"wrote {args.plot}"] * bool(args.plot)
     emit(args, result, "\n".join(lines))
-    return 130 if history.interrupted else 0
+    return 130 if history.interrupted else 1 if save_failure else 0
+
+
+def scale_hint(X, y, first_loss, task) -> str | None:
+    """A hint to standardize when the features are far from unit scale and the first epoch's loss is
+    far above what predicting the mean (regression) or equal odds (classification) would give."""
+    largest = float(np.abs(X).max())
+    baseline = float(np.var(y, axis=0).mean()) if task == "regression" else math.log(max(2, len(np.unique(y))))
+    if largest <= 100 or not first_loss > 10 * baseline:
+        return None
+    return (f"hint: the features reach {largest:g} and the first epoch's loss ({first_loss:.4g}) is far above "
+            f"{'the targets' + chr(39) + ' variance' if task == 'regression' else 'that of equal odds'} "
+            f"({baseline:.4g}); try --standardize.")
+
+
+#: Optimizer options, and the optimizers they apply to.
+OPTIMIZER_SETTINGS = {"momentum": ("sgd",), "beta_1": ("adam",), "beta_2": ("adam",), "rho": ("rmsprop",),
+                      "epsilon": ("adagrad", "rmsprop", "adam")}
+
+
+def warn_unused_settings(args, source):
+    """A warning on stderr for each option given that does nothing with the other options."""
+    optimizer = args.optimizer or PRESETS[source]["optimizer"]
+    unused = [(f"--{key.replace('_', '-')}", f"the {optimizer} optimizer")
+              for key, users in OPTIMIZER_SETTINGS.items() if getattr(args, key) is not None and optimizer not in users]
+    if args.samples is not None and source not in ("spiral", "vertical", "sine"):
+        unused.append(("--samples", f"{'--data' if source == 'file' else 'the ' + source + ' dataset'}"))
+    if args.classes is not None and source not in ("spiral", "vertical"):
+        unused.append(("--classes", f"{'--data' if source == 'file' else 'the ' + source + ' dataset'}"))
+    for option, context in unused:
+        echo(args, f"nnbackends train: warning: {option} does nothing with {context}; leave it out.")
 
 
 def cmd_info(args) -> int:
@@ -173,6 +222,9 @@ def add_train_parser(sub):
                      help="L1 regularization of the hidden layers' weights and biases (default: 0)")
     net.add_argument("--l2", type=nonnegative_float, default=0.0,
                      help="L2 regularization of the hidden layers' weights and biases (default: 0)")
+    net.add_argument("--standardize", action="store_true",
+                     help="centre and scale each feature by its training mean and standard deviation; the "
+                          "step is saved with the model, so eval and predict apply it (default: off)")
     net.add_argument("--dropout", type=fraction, default=0.0,
                      help="dropout rate after each hidden activation, training only (default: 0)")
     opt = p.add_argument_group("optimizer")
@@ -183,10 +235,11 @@ def add_train_parser(sub):
     opt.add_argument("--decay", type=nonnegative_float, default=None,
                      help=f"learning-rate decay, lr / (1 + decay * step) (presets with adam: {preset('decay')}; "
                           "another optimizer: 0)")
-    opt.add_argument("--momentum", type=nonnegative_float, default=0.0, help="sgd: momentum (default: 0)")
-    opt.add_argument("--beta-1", type=fraction, default=0.9, help="adam: beta_1 (default: 0.9)")
-    opt.add_argument("--beta-2", type=fraction, default=0.999, help="adam: beta_2 (default: 0.999)")
-    opt.add_argument("--rho", type=fraction, default=0.9, help="rmsprop: rho (default: 0.9)")
+    # None: not given (the optimizer's own default, listed), so that a setting given to another optimizer is warned of.
+    opt.add_argument("--momentum", type=nonnegative_float, default=None, help="sgd: momentum (default: 0)")
+    opt.add_argument("--beta-1", type=fraction, default=None, help="adam: beta_1 (default: 0.9)")
+    opt.add_argument("--beta-2", type=fraction, default=None, help="adam: beta_2 (default: 0.999)")
+    opt.add_argument("--rho", type=fraction, default=None, help="rmsprop: rho (default: 0.9)")
     opt.add_argument("--epsilon", type=nonnegative_float, default=None,
                      help="adagrad/rmsprop/adam: epsilon (default: 1e-7)")
     run = p.add_argument_group("training")
@@ -224,6 +277,7 @@ def make_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="nnbackends",
                     description="Train, evaluate and use small neural networks on the NumPy, Numba or CuPy backend.",
                     epilog="Each command explains its options and their defaults: nnbackends COMMAND --help")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_train_parser(sub)
     cli_predict.add_eval_parser(sub)
@@ -245,6 +299,9 @@ def main(argv=None) -> int:
             return args.run(args)
     except TrainingDivergedError as exc:
         return _fail(args, exc, 1)
+    except BrokenPipeError:  # the reader left (| head): stop quietly, as a command killed by SIGPIPE does
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + 13
     except (ValueError, TypeError, OSError, BackendUnavailableError, ModelFileError, ImportError) as exc:
         return _fail(args, exc, 2)
 

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
+import re
 import sys
 
 from .backends import ENV_VAR
@@ -13,10 +15,41 @@ class UsageError(ValueError):
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse with one-line errors: ``nnbackends train: error: ... (see --help)``, exit code 2."""
+    """argparse with one-line errors: ``nnbackends train: error: ... (see --help)``, exit code 2,
+    with a "did you mean" for a misspelled option or choice."""
 
     def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message} (see: {self.prog} --help)\n")
+        hint = self.suggestion(message)
+        self.exit(2, f"{self.prog}: error: {message}{hint} (see: {self.prog} --help)\n")
+
+    def parse_args(self, args=None, namespace=None):
+        """As argparse's, but an unknown option is reported by the command it was given to."""
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:
+            command = self._subcommands().get(getattr(parsed, "command", None), self)
+            command.error(f"unrecognized arguments: {' '.join(extras)}")
+        return parsed
+
+    def _subcommands(self) -> dict:
+        return next((action.choices for action in self._actions
+                     if isinstance(action, argparse._SubParsersAction)), {})
+
+    def suggestion(self, message) -> str:
+        """``"; did you mean --learning-rate?"`` for the first unknown option or invalid choice in ``message``."""
+        unknown = re.match(r"unrecognized arguments: (.*)", message)
+        if unknown:
+            known = list(self._option_string_actions)
+            for word in unknown.group(1).split():
+                close = difflib.get_close_matches(word.split("=")[0], known, n=1) if word.startswith("-") else []
+                if close:
+                    return f"; did you mean {close[0]}?"
+            return ""
+        choice = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
+        if choice:
+            options = [c.strip(" '") for c in choice.group(2).split(",")]
+            close = difflib.get_close_matches(choice.group(1), options, n=1)
+            return f"; did you mean {close[0]!r}?" if close else ""
+        return ""
 
 
 # ---------------------------------------------------------------------- argument types

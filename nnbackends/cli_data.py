@@ -1,12 +1,13 @@
 """The command line's data: the dataset presets, the data options, and loading what they name."""
 from __future__ import annotations
 
+import argparse
 from typing import NamedTuple
 
 import numpy as np
 
-from . import data_files, datasets
-from .cli_common import UsageError, positive_int
+from . import data_files, datasets, labels
+from .cli_common import UsageError, echo, positive_int
 
 #: Per-dataset defaults for the options a user leaves out; "file" is for --data.
 PRESETS = {
@@ -18,13 +19,15 @@ PRESETS = {
     "file": dict(hidden="128", optimizer="adam", learning_rate=0.001, decay=0.0, epochs=10, batch_size=128,
                  validation_split=0.1),
 }
+SAMPLES, CLASSES = 100, 3  # of the generated datasets, when --samples and --classes are left out
 PRESET_KEYS = ("hidden", "optimizer", "learning_rate", "decay", "epochs", "batch_size", "validation_split")
 
 
 def add_data_arguments(parser, *, default_dataset):
     data = parser.add_argument_group("data (a built-in dataset, or files with --data)")
     data.add_argument("--dataset", choices=tuple(p for p in PRESETS if p != "file"), default=None,
-                      help=f"built-in dataset (default: {default_dataset} unless --data is given)")
+                      help=f"built-in dataset; digits is scikit-learn's, so it needs pip install \"nnbackends[datasets]\" "
+                           f"(default: {default_dataset} unless --data is given)")
     data.add_argument("--data", metavar="FILE",
                       help="a CSV file with a label column, or MNIST-style IDX images (gzipped or not) "
                            "with --labels (default: none)")
@@ -32,13 +35,25 @@ def add_data_arguments(parser, *, default_dataset):
     data.add_argument("--label-column", default="-1", metavar="COL",
                       help="CSV label column: a header name or a 0-based index, negative from the end "
                            "(default: -1, the last column)")
-    data.add_argument("--samples", type=positive_int, default=100,
-                      help="spiral/vertical: samples per class; sine: samples in total x10 (default: 100)")
-    data.add_argument("--classes", type=positive_int, default=3, help="spiral/vertical: classes (default: 3)")
+    add_csv_arguments(data)
+    # --samples and --classes: None when not given, so that giving them with other data is warned of.
+    data.add_argument("--samples", type=positive_int, default=None,
+                      help=f"spiral/vertical: samples per class; sine: samples in total x10 (default: {SAMPLES})")
+    data.add_argument("--classes", type=positive_int, default=None, help=f"spiral/vertical: classes (default: {CLASSES})")
     data.add_argument("--seed", type=int, default=0,
                       help="seed for the generated data, the weights, the validation split and shuffling; "
                            "evaluate on unseen spiral/vertical points with another seed (default: 0)")
     parser.set_defaults(default_dataset=default_dataset)
+
+
+def add_csv_arguments(group):
+    """``--delimiter`` and ``--missing``: how a CSV file is read (train, eval and predict)."""
+    group.add_argument("--delimiter", type=delimiter, default=None, metavar="CHAR",
+                       help="CSV field separator, such as ';' or tab (default: detected among comma, "
+                            "semicolon and tab)")
+    group.add_argument("--missing", choices=data_files.MISSING_CHOICES, default="error",
+                       help="CSV rows with a missing value (empty, NA, NaN): stop at the first with its line "
+                            "and column, or drop them and say how many (default: error)")
 
 
 class Data(NamedTuple):
@@ -60,17 +75,33 @@ def load_data(args) -> Data:
             raise UsageError("--labels goes with IDX images in --data.")
         name = args.dataset or args.default_dataset
         if name == "spiral":
-            return Data(*datasets.spiral_data(args.samples, args.classes, seed=args.seed), name)
+            return Data(*datasets.spiral_data(args.samples or SAMPLES, args.classes or CLASSES, seed=args.seed), name)
         if name == "vertical":
-            return Data(*datasets.vertical_data(args.samples, args.classes, seed=args.seed), name)
+            return Data(*datasets.vertical_data(args.samples or SAMPLES, args.classes or CLASSES, seed=args.seed), name)
         if name == "sine":
-            return Data(*datasets.sine_data(args.samples * 10), name)
+            return Data(*datasets.sine_data((args.samples or SAMPLES) * 10), name)
         return Data(*datasets.load_digits(), name)
     if args.labels:
         return Data(*data_files.load_idx(args.data, args.labels), "file")
     if data_files.is_idx(args.data):
         raise UsageError(f"{args.data!r} is an IDX file; give its labels file with --labels.")
-    return Data(*data_files.load_csv(args.data, args.label_column), "file")
+    csv = data_files.load_csv_data(args.data, args.label_column, delimiter=args.delimiter, missing=args.missing)
+    report_dropped(args, csv.dropped, args.data)
+    return Data(csv.X, csv.y, "file", csv.feature_names, csv.label_name)
+
+
+def report_dropped(args, dropped, path) -> None:
+    """Say on stderr how many rows of ``path`` ``--missing drop`` left out."""
+    if dropped:
+        echo(args, f"dropped {dropped} row{'s' * (dropped != 1)} of {path} with a missing value (--missing drop)")
+
+
+def delimiter(text) -> str:
+    """A ``--delimiter`` value: one character; ``tab`` and ``\\t`` name the tab."""
+    text = "\t" if text.lower() in ("tab", "\\t") else text
+    if len(text) != 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not one character; give one such as ';' or tab")
+    return text
 
 
 def infer_task(source, y, requested="auto") -> str:
@@ -78,5 +109,7 @@ def infer_task(source, y, requested="auto") -> str:
         return requested
     if source == "sine":
         return "regression"
+    if labels.are_names(y):
+        return "classification"
     integral = y.ndim == 1 and np.all(np.mod(y, 1) == 0) and y.min() >= 0
     return "classification" if integral else "regression"

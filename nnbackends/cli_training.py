@@ -2,8 +2,12 @@
 from __future__ import annotations
 
 import math
+import os
+import tempfile
+import time
 
 from . import callbacks, schedules
+from .model_files import check_output_path
 
 SCHEDULES = ("step", "exponential", "cosine")
 
@@ -66,6 +70,14 @@ def make_callbacks(args, validated) -> list:
     return chosen
 
 
+def check_paths(args) -> None:
+    """The files ``--checkpoint`` and ``--csv-log`` name can be written (before a long run, not after it)."""
+    if args.checkpoint:
+        check_output_path(callbacks.checkpoint_path(args.checkpoint, 1), "--checkpoint")
+    if args.csv_log:
+        check_output_path(args.csv_log, "--csv-log", "log.csv")
+
+
 def total_steps(n_samples, batch_size, epochs) -> int:
     return epochs * math.ceil(n_samples / (batch_size or n_samples))
 
@@ -76,3 +88,25 @@ def check_resumable(model, args):
         raise ValueError(f"--resume: {args.resume!r} was trained with {model.optimizer.name}, not "
                          f"{args.optimizer}; resume with the same optimizer (leave --optimizer out), or train "
                          "a new model.")
+
+
+def save(model, path) -> tuple[str, str | None]:
+    """Save ``model`` to ``path``: ``(path, None)``. When that fails after a long run (the folder was
+    removed or filled meanwhile), ``(where it went instead, why path failed)``: beside ``path``, else in
+    the working folder, else in the temporary folder, so a trained model is never lost. The first
+    ``OSError`` only when no place takes it."""
+    try:
+        model.save(path)
+        return path, None
+    except OSError as exc:
+        failure = exc
+    stem = os.path.splitext(os.path.basename(os.fspath(path)))[0] or "model"
+    name = f"{stem}.rescued-{time.strftime('%Y%m%d-%H%M%S')}.safetensors"
+    for folder in (os.path.dirname(os.path.abspath(path)), os.getcwd(), tempfile.gettempdir()):
+        try:
+            model.save(os.path.join(folder, name))
+        except OSError:
+            continue
+        return os.path.join(folder, name), " ".join(str(failure).split()) or type(failure).__name__
+    raise failure
+

@@ -12,7 +12,7 @@ would hang the job (an uncaught exception also makes mpi4py wait in
 on any rank prints ``rank R of N failed with <cause>`` and calls ``MPI_Abort``,
 which ends every rank of the job with a non-zero exit at once. Errors that
 every rank raises together by design (``COLLECTIVE_ERRORS``: the divergence
-check, mismatched ``fit`` arguments) pass through as ordinary exceptions. For
+check, a Ctrl-C agreed over the ranks, mismatched ``fit`` arguments) pass through as ordinary exceptions. For
 your own scripts, ``mpiexec -n 2 python -m mpi4py script.py`` aborts the same
 way on any uncaught exception.
 
@@ -31,7 +31,7 @@ import traceback
 
 import numpy as np
 
-from .errors import TrainingDivergedError
+from .errors import TrainingDivergedError, TrainingInterrupted
 
 #: How to install what MPIComm needs.
 INSTALL = 'pip install "nnbackends[mpi]"  (mpi4py and the mpich library; or mpi4py over your system MPI)'
@@ -55,7 +55,7 @@ class RootFailedError(DistributedError):
 
 
 #: Errors every rank raises at the same point, so they need no abort to end the job.
-COLLECTIVE_ERRORS = (TrainingDivergedError, DistributedError)
+COLLECTIVE_ERRORS = (TrainingDivergedError, TrainingInterrupted, DistributedError)
 
 
 class MPIUnavailableError(ImportError):
@@ -91,8 +91,9 @@ class SingleProcess:
         return flag
 
     def on_root(self, fn, *args):
-        """``fn(*args)`` on the root alone (a save, a plot), called by every rank together: a failure
-        there raises ``RootFailedError`` on every rank, so all of them exit alike."""
+        """``fn(*args)`` on the root alone (a save, a plot), called by every rank together: its result on
+        the root (None elsewhere); a failure there raises ``RootFailedError`` on every rank, so all of them
+        exit alike."""
         return fn(*args)
 
     @contextlib.contextmanager
@@ -163,16 +164,17 @@ class MPIComm(SingleProcess):
     def on_root(self, fn, *args):
         if self.size == 1:
             return fn(*args)
-        failure = None
+        failure = result = None
         if self.is_root:
             try:
-                fn(*args)
+                result = fn(*args)
             except Exception as exc:
                 failure = exc
         cause = self.bcast(None if failure is None else f"{type(failure).__name__}: {failure}")
         if cause is not None:
             raise RootFailedError(f"rank 0 of {self.size} failed in {getattr(fn, '__name__', 'a call')}() with "
                                   f"{cause}") from failure
+        return result
 
     @contextlib.contextmanager
     def guard(self, show_traceback=True):

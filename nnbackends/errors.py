@@ -24,6 +24,18 @@ class TrainingDivergedError(FloatingPointError):
         self.history = history
 
 
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped ``fit`` after its current step (``fit(on_interrupt="raise")``, the default).
+
+    A ``KeyboardInterrupt``, so a script or a sweep of fits stops at one press; the model keeps
+    the weights of the last completed step and ``history`` holds the epochs completed before it.
+    """
+
+    def __init__(self, message, *, history):
+        super().__init__(message)
+        self.history = history
+
+
 class ModelFileError(ValueError):
     """A model file is not a valid nnbackends safetensors file."""
 

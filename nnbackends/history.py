@@ -29,5 +29,5 @@ class History:
         return self.history[key]
 
     def __repr__(self):
-        last = {k: round(v[-1], 6) for k, v in self.history.items()}
+        last = {k: round(float(v[-1]), 6) for k, v in self.history.items()}  # no np.float64(...) under NumPy 2
         return f"History(epochs={self.epochs}, last={last})"

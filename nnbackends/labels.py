@@ -25,6 +25,30 @@ def are_names(y) -> bool:
     return y.dtype == bool or not (np.issubdtype(y.dtype, np.integer) or np.issubdtype(y.dtype, np.floating))
 
 
+def class_indices(name, y, classes, n_classes, learn) -> tuple[np.ndarray, list | None]:
+    """``(class indices or one-hot rows, classes)`` for host labels ``y`` of a model with ``classes``
+    (None: none yet), learning the classes from names when ``learn`` (a fit) allows it."""
+    y = as_label_column(y, n_classes)
+    if y.ndim != 1:
+        return y, classes  # one-hot rows
+    if classes is None and are_names(y):
+        if not learn:
+            raise ValueError(f"{name} holds class names, but this model has none: fit it on named labels "
+                             "first, or name its outputs with model.classes_ = [...].")
+        classes = learn_classes(name, y, n_classes)
+    if classes is None or classes == list(range(n_classes)) and not are_names(y):
+        return y, classes  # class indices already
+    return encode(name, y, classes), classes
+
+
+def keyed_by_index(class_weight, classes) -> dict:
+    """``class_weight`` with each key that is one of ``classes`` (a label) replaced by its class index."""
+    if not isinstance(class_weight, dict):
+        return class_weight  # the weights' own check names the type
+    index = {c: i for i, c in enumerate(classes)}
+    return {index.get(k, k) if isinstance(k, (str, bool, int, np.generic)) else k: w for k, w in class_weight.items()}
+
+
 def learn_classes(name, y, n_classes) -> list:
     """The sorted distinct labels of ``y`` as plain Python values, one per output of the model."""
     try:

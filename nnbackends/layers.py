@@ -63,26 +63,37 @@ class Layer:
         args = ", ".join(f"{k}={v!r}" for k, v in self.config().items())
         return f"{type(self).__name__}({args})"
 
+    def __str__(self):
+        """A short form for tables and messages: ``LeakyReLU(0.1)``, ``Dense(2, 64)``."""
+        return f"{type(self).__name__}({', '.join(map(repr, self.config().values()))})"
+
 
 class Dense(Layer):
     """Fully connected layer ``x @ W + b`` with W of shape (n_inputs, n_neurons).
 
-    Regularization (the nnfs book's): loss ``l1*sum|W| + l2*sum W**2`` per
-    parameter, its gradient added to dW and db.
+    ``Dense(2, 64)`` takes 2 inputs and gives 64 outputs; ``Dense(64)`` gives 64
+    and takes what the layer before it gives (``Model.add`` fills in ``n_inputs``).
+    ``activation`` (a name such as ``"relu"``): ``Model.add`` appends that
+    activation layer after this one. Regularization (the nnfs book's): loss
+    ``l1*sum|W| + l2*sum W**2`` per parameter, its gradient added to dW and db.
     """
 
     def __init__(
         self,
         n_inputs,
-        n_neurons,
+        n_neurons=None,
         initializer="glorot_uniform",
         weight_regularizer_l1=0.0,
         weight_regularizer_l2=0.0,
         bias_regularizer_l1=0.0,
         bias_regularizer_l2=0.0,
+        activation=None,
     ):
-        self.n_inputs = check_positive_int("n_inputs", n_inputs)
+        if n_neurons is None:  # Dense(64): the outputs alone
+            n_inputs, n_neurons = None, n_inputs
+        self.n_inputs = None if n_inputs is None else check_positive_int("n_inputs", n_inputs)
         self.n_neurons = check_positive_int("n_neurons", n_neurons)
+        self.activation = None if activation is None else check_choice("activation", activation, tuple(ACTIVATIONS))
         self.initializer = check_choice("initializer", initializer, INITIALIZERS)
         self.weight_regularizer_l1 = check_nonnegative_float("weight_regularizer_l1", weight_regularizer_l1)
         self.weight_regularizer_l2 = check_nonnegative_float("weight_regularizer_l2", weight_regularizer_l2)
@@ -99,6 +110,9 @@ class Dense(Layer):
             "bias_regularizer_l1": self.bias_regularizer_l1,
             "bias_regularizer_l2": self.bias_regularizer_l2,
         }
+
+    def __str__(self):
+        return f"Dense({self.n_neurons})" if self.n_inputs is None else f"Dense({self.n_inputs}, {self.n_neurons})"
 
     def build(self, backend, dtype, rng, n_inputs):
         super().build(backend, dtype, rng, n_inputs)

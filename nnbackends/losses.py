@@ -11,6 +11,8 @@ respect to the scores is the fused kernel ``<link>_<kernel>_backward``.
 """
 from __future__ import annotations
 
+import numpy as np
+
 from .backends.base import CLIP
 from .validation import check_bool, check_choice, check_class_labels, check_output_targets
 
@@ -54,6 +56,20 @@ class Loss:
 
     def prepare_targets(self, y, n_outputs, dtype, name="y"):
         return check_output_targets(name, y, n_outputs).astype(dtype, copy=False)
+
+    def check_last_layer(self, last):
+        """Nothing, if the last layer ``last`` gives what the loss reads; else a ValueError naming both fixes."""
+        if self.link is None:
+            return
+        gives_link = getattr(last, "kernel", None) == self.link
+        link, cls = self.link.capitalize(), type(self).__name__
+        if self.from_logits and gives_link:
+            raise ValueError(f"{cls}(from_logits=True) applies the {self.link} itself, but the last layer is "
+                             f"already {link}: remove that layer, or use from_logits=False.")
+        if not self.from_logits and not gives_link:
+            raise ValueError(f"{self.name} expects probabilities, but the last layer is {last}, which gives "
+                             f"unbounded scores: add a {link}() layer at the end, or compile with "
+                             f"loss={cls}(from_logits=True) (from nnbackends.losses).")
 
     def config(self):
         return {"name": self.name, **({"from_logits": True} if self.from_logits else {})}
@@ -143,3 +159,10 @@ def get_loss(loss) -> Loss:
     if isinstance(loss, str):
         loss = ALIASES.get(loss.lower(), loss)
     return LOSSES[check_choice("loss", loss, tuple(LOSSES))]()
+
+
+def sample_shares(weights):
+    """Each sample's part of the batch's total weight (all zero when the batch weighs nothing): the
+    factors of the weighted objective ``sum(w * loss) / sum(w)``."""
+    total = weights.sum()
+    return weights / np.maximum(total, np.finfo(weights.dtype).tiny)

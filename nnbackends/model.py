@@ -7,47 +7,47 @@ numbers. Losses and accuracies stay on the device until an epoch is reported.
 """
 from __future__ import annotations
 
-import json
 import os
 import warnings
 
 import numpy as np
 
-from . import data_parallel, labels
+from . import data_parallel, labels, model_state
 from .backends import Backend, get_backend
 from .distributed import as_comm, guarded
 from .errors import ModelFileError
 from .history import History
-from .layers import Dense, Layer, Softmax, from_config
-from .losses import CategoricalCrossentropy, get_loss
-from .metrics import get_metric, metric_from_config
+from .layers import Dense, Layer, Softmax, activation
+from .losses import CategoricalCrossentropy, get_loss, sample_shares
+from .metrics import get_metric
 from .model_files import read_model_file, write_model_file
-from .optimizers import get_optimizer, optimizer_from_config
-from .preprocessing import PREPROCESSORS
+from .optimizers import get_optimizer
 from .progress import make_progress
 from .trainer import BatchSource, Trainer
-from .validation import (check_choice, check_feature_names, check_features, check_positive_int, check_sample_weight,
-                         check_seed, check_targets, class_weights_as_sample_weights, column_names, host_array,
+from .validation import (check_dtype, check_feature_names, check_features, check_positive_int,
+                         check_sample_weight, check_seed, check_targets, column_names, host_array, sample_weights,
                          split_for_validation)
 
 __all__ = ["History", "Model", "load_model"]
 
 DTYPES = ("float32", "float64")
-#: Model attributes a model file keeps as JSON metadata, by key.
-NAMES_IN_FILES = {"classes": "classes_", "feature_names": "feature_names_", "label_name": "label_name_"}
 
 
 class Model:
     """A sequential network trained with explicit forward and backward passes.
 
-    ``backend``: a name, a Backend, or None for the current one (see
-    ``nnbackends.use_backend``); ``seed`` seeds the one host generator behind
-    weight initialization, shuffling and dropout; ``dtype`` is float32 or float64.
+    ``layers``: layers to ``add`` at once; ``backend``: a name, a Backend, or
+    None for the current one (see ``nnbackends.use_backend``); ``seed`` seeds
+    the one host generator behind weight initialization, shuffling and dropout;
+    ``dtype`` is float32 or float64.
     """
 
-    def __init__(self, backend=None, seed=None, dtype="float32"):
-        self.backend = get_backend(_check_backend_type(backend))
-        self.dtype = check_choice("dtype", str(np.dtype(dtype)) if _is_dtype(dtype) else dtype, DTYPES)
+    def __init__(self, layers=(), backend=None, seed=None, dtype="float32"):
+        if isinstance(layers, (str, Backend)):  # Model("numpy"), from before layers came first
+            warnings.warn("Model(backend) is deprecated; write Model(backend=...).", DeprecationWarning, stacklevel=2)
+            layers, backend = (), layers
+        self.backend = get_backend(backend)
+        self.dtype = check_dtype("dtype", dtype, DTYPES)
         self.seed = check_seed("seed", seed)
         self.rng = np.random.default_rng(self.seed)
         self.layers: list[Layer] = []
@@ -64,6 +64,8 @@ class Model:
         self.feature_names_ = None
         self.label_name_ = None
         self.preprocess = None  # a step such as preprocessing.Standardize(), applied to every input (see there)
+        for layer in layers:
+            self.add(layer)
 
     @property
     def classes_(self):
@@ -79,6 +81,11 @@ class Model:
         """Append a layer; its input size must match the current output size."""
         if not isinstance(layer, Layer):
             raise TypeError(f"add() takes a Layer, got {layer!r} ({type(layer).__name__}).")
+        if isinstance(layer, Dense) and layer.n_inputs is None:
+            if self._n_features is None:
+                raise ValueError(f"{layer} is the first Dense layer, so it needs its input size too: "
+                                 f"Dense(n_inputs, {layer.n_neurons}).")
+            layer.n_inputs = self._n_features
         if isinstance(layer, Dense) and self._n_features is not None and layer.n_inputs != self._n_features:
             i, prev = next((i, l) for i, l in reversed(list(enumerate(self.layers))) if isinstance(l, Dense))
             raise ValueError(
@@ -89,6 +96,8 @@ class Model:
         self._n_features = layer.build(self.backend, self.dtype, self.rng, self._n_features)
         self.layers.append(layer)
         self._fused_step = None
+        if getattr(layer, "activation", None):
+            self.add(activation(layer.activation))
         return self
 
     def _first_dense(self) -> Dense:
@@ -125,7 +134,7 @@ class Model:
         loss = get_loss(loss).bind(self.backend)
         optimizer = get_optimizer(optimizer)
         metric = get_metric(metrics[0], loss).bind(self.backend, loss) if metrics else None
-        _check_output_layer(loss, self.layers[-1])
+        loss.check_last_layer(self.layers[-1])
         self.loss, self.optimizer, self.metric = loss, optimizer.build(self.backend, self.params()), metric
         self._fused_step = None
         return self
@@ -195,7 +204,7 @@ class Model:
             data_loss = self.loss.forward(out, y)
             self.backward(out, y)
         else:
-            share = _shares(sample_weight)
+            share = sample_shares(sample_weight)
             data_loss = (self.loss.row_losses(out, y) * share).sum()
             self.backward(out, y, row_scale=share * x.shape[0])
         return data_loss, accuracy
@@ -237,21 +246,17 @@ class Model:
             X = self.preprocess(X)
         return X
 
+    def class_indices(self, y, name="y") -> np.ndarray:
+        """The class index of each of a classifier's labels ``y`` (names looked up in ``classes_``)."""
+        return self._class_indices(name, y, learn=False)
+
     def _class_indices(self, name, y, learn):
         """A classifier's labels as class indices (names looked up in, or learned into, ``classes_``)."""
         if not self.loss.classifies:
             return y
-        y = labels.as_label_column(host_array(name, y), self.n_outputs)
-        if y.ndim != 1:
-            return y  # one-hot rows
-        if self.classes_ is None and labels.are_names(y):
-            if not learn:
-                raise ValueError(f"{name} holds class names, but this model has none: fit it on named labels "
-                                 "first, or name its outputs with model.classes_ = [...].")
-            self.classes_ = labels.learn_classes(name, y, self.n_outputs)
-        if self.classes_ is None or self.classes_ == list(range(self.n_outputs)) and not labels.are_names(y):
-            return y  # class indices already
-        return labels.encode(name, y, self.classes_)
+        y, classes = labels.class_indices(name, host_array(name, y), self.classes_, self.n_outputs, learn)
+        self.classes_ = classes
+        return y
 
     def _require_loss(self):
         if self.loss is None:
@@ -261,7 +266,7 @@ class Model:
     @guarded
     def fit(self, X, y, epochs=1, batch_size=None, shuffle=True, validation_data=None, verbose=1,
             fused=None, callbacks=(), validation_split=None, sample_weight=None, class_weight=None,
-            compiled=None, comm=None, sharded=False) -> History:
+            compiled=None, comm=None, sharded=False, on_interrupt="raise") -> History:
         """Train; returns a History of per-epoch ``loss``, ``accuracy`` and ``val_`` entries.
 
         ``batch_size=None`` trains on the full batch. ``fused=None`` uses the
@@ -274,7 +279,9 @@ class Model:
         objective ``sum(w * loss) / sum(w)``; they train on the per-layer path.
         A loss or gradient that stops being finite raises
         ``TrainingDivergedError`` with the weights of the last finite step kept.
-        Ctrl-C stops after the current step and returns the history so far
+        Ctrl-C stops after the current step, ends the callbacks and raises
+        ``TrainingInterrupted`` (a ``KeyboardInterrupt``; its ``history`` holds the
+        epochs so far); ``on_interrupt="return"`` returns that history instead
         (``history.interrupted``).
 
         ``comm``: an ``nnbackends.distributed.MPIComm`` to train data-parallel over
@@ -324,20 +331,16 @@ class Model:
             arrays = (x, y_dev) if weights is None else (x, y_dev, self.backend.asarray(weights, self.dtype))
             source = BatchSource(self.backend, arrays, batch_size, shuffle, self.rng)
         progress = make_progress(verbose if comm.is_root else 0, epochs, source.steps_per_epoch)
-        return Trainer(self, step, source, progress, validation=val, callbacks=callbacks, comm=comm).run(epochs)
+        return Trainer(self, step, source, progress, validation=val, callbacks=callbacks, comm=comm,
+                       on_interrupt=on_interrupt).run(epochs)
 
     def _sample_weights(self, sample_weight, class_weight, y_host):
         """Host float64 weights per sample from ``sample_weight`` and/or ``class_weight``, or None."""
-        weights = None
-        if sample_weight is not None:
-            weights = check_sample_weight("sample_weight", sample_weight, y_host.shape[0])
-        if class_weight is not None:
-            if not isinstance(self.loss, CategoricalCrossentropy):
-                raise ValueError(f"class_weight needs a classification loss; this model trains with {self.loss.name}.")
-            per_class = class_weights_as_sample_weights(class_weight, y_host, self.n_outputs)
-            weights = per_class if weights is None else weights * per_class
-            weights = check_sample_weight("class_weight's sample weights", weights, y_host.shape[0])
-        return weights
+        if class_weight is not None and not self.loss.classifies:
+            raise ValueError(f"class_weight needs a classification loss; this model trains with {self.loss.name}.")
+        if class_weight is not None and self.classes_ is not None:
+            class_weight = labels.keyed_by_index(class_weight, self.classes_)
+        return sample_weights(sample_weight, class_weight, y_host, self.n_outputs)
 
     # ------------------------------------------------------------------ inference
     def _evaluate_device(self, x, y, weights=None, batch_size=None):
@@ -414,22 +417,24 @@ class Model:
                 raise ValueError(f"set_weights: array {i} ({p.name}) has shape {w.shape}, expected {p.value.shape}.")
             p.value[...] = self.backend.asarray(w, self.dtype)
 
-    def summary(self, print_fn=print) -> str:
-        """A table of layers, output sizes and parameter counts (printed and returned)."""
+    def summary(self, print_fn=print):
+        """A table of layers, output sizes and parameter counts, given to ``print_fn`` line by line
+        (as Keras does); ``print_fn=None`` returns the text instead of printing it."""
         rows, width, total = [], None, 0
         for layer in self.layers:
             width = layer.n_neurons if isinstance(layer, Dense) else width
             count = sum(int(np.prod(p.value.shape)) for p in layer.params())
             total += count
-            rows.append(f"{layer!r:<60} {str(width):>8} {count:>10}")
+            rows.append(f"{str(layer):<24} {str(width):>8} {count:>10,}")
         lines = [f"Model on {self.backend.name!r} ({self.dtype})",
-                 f"{'layer':<60} {'outputs':>8} {'params':>10}", *rows, f"total parameters: {total}"]
+                 f"{'layer':<24} {'outputs':>8} {'params':>10}", *rows, f"total parameters: {total:,}"]
         if self.loss is not None:
-            lines.append(f"loss: {self.loss.name}   optimizer: {self.optimizer!r}")
-        text = "\n".join(lines)
-        if print_fn:
-            print_fn(text)
-        return text
+            lines.append(f"loss: {self.loss!r}   optimizer: {self.optimizer!r}")
+        if print_fn is None:
+            return "\n".join(lines)
+        for line in lines:
+            print_fn(line)
+        return None
 
     # ------------------------------------------------------------------ persistence
     def save(self, path, include_optimizer=True):
@@ -441,33 +446,8 @@ class Model:
         rank holds the same weights); the others return at once.
         """
         self._require_loss()
-        if not self.comm.is_root:
-            return
-        tensors = {f"layers.{i}.{p.name}": self.backend.to_numpy(p.value)
-                   for i, layer in enumerate(self.layers) for p in layer.params()}
-        metadata = {
-            "dtype": self.dtype,
-            "layers": json.dumps([{"class": type(l).__name__, "config": l.config()} for l in self.layers]),
-            "loss": json.dumps(self.loss.config()),
-            "optimizer": json.dumps(self.optimizer.config()),
-            "metric": json.dumps(self.metric.config() if self.metric else None),
-            **{key: json.dumps(getattr(self, attr)) for key, attr in NAMES_IN_FILES.items()
-               if getattr(self, attr) is not None},
-        }
-        if self.preprocess is not None:
-            metadata["preprocess"] = json.dumps(self.preprocess.config())
-            if self.preprocess.fitted:
-                tensors.update({f"preprocess.{k}": v for k, v in self.preprocess.tensors().items()})
-        if include_optimizer:
-            tensors.update({name: self.backend.to_numpy(array) for name, array in self._optimizer_state()})
-            metadata["training"] = json.dumps({**self.optimizer.training_state(), "epochs": self.epochs_trained,
-                                               "generator": self.rng.bit_generator.state})
-        write_model_file(path, tensors, metadata)
-
-    def _optimizer_state(self):
-        """``(file name, array)`` of every optimizer state array."""
-        return [(f"optimizer.{i}.{p.name}.{state}", p.state[state])
-                for i, layer in enumerate(self.layers) for p in layer.params() for state in p.state]
+        if self.comm.is_root:
+            write_model_file(path, *model_state.contents(self, include_optimizer))
 
 
 def load_model(path, backend=None) -> Model:
@@ -476,85 +456,11 @@ def load_model(path, backend=None) -> Model:
     A file saved with the optimizer state resumes exactly: ``fit`` on the loaded
     model goes on as the saved run would have.
     """
-    tensors, meta = read_model_file(path)
-    where = repr(os.fspath(path))
+    tensors, metadata = read_model_file(path)
+    backend = get_backend(backend)  # its errors are not the file's
     try:
-        model = Model(backend=backend, dtype=meta["dtype"])
-        for spec in json.loads(meta["layers"]):
-            model.add(from_config(spec["class"], spec["config"]))
-        metric = json.loads(meta["metric"])
-        model.compile(loss=json.loads(meta["loss"]),
-                      optimizer=optimizer_from_config(json.loads(meta["optimizer"])),
-                      metrics=[metric_from_config(metric)] if metric else [])
-        for key, attr in NAMES_IN_FILES.items():
-            if key in meta:
-                setattr(model, attr, json.loads(meta[key]))
-        if "preprocess" in meta:
-            model.preprocess = _preprocess_from_file(json.loads(meta["preprocess"]), tensors)
-        training = json.loads(meta["training"]) if "training" in meta else None
-        if training is not None:
-            model.optimizer.restore_training_state(training)
-            model.epochs_trained = int(training["epochs"])
-            model.rng.bit_generator.state = training["generator"]
+        model = Model(backend=backend, dtype=metadata["dtype"])
     except (KeyError, TypeError, ValueError) as exc:
         detail = f"missing key {exc}" if isinstance(exc, KeyError) else str(exc)
-        raise ModelFileError(f"{where} has invalid model metadata: {detail}") from None
-    expected = {f"layers.{i}.{p.name}": p.value for i, layer in enumerate(model.layers) for p in layer.params()}
-    if training is not None:
-        expected.update(model._optimizer_state())
-    missing = sorted(set(expected) - set(tensors))
-    extra = sorted(set(tensors) - set(expected))
-    if missing or extra:
-        raise ModelFileError(f"{where} does not match its architecture: "
-                             f"missing tensors {missing}, unexpected tensors {extra}.")
-    for name, array in expected.items():
-        if tensors[name].shape != array.shape:
-            raise ModelFileError(f"{where}: tensor {name!r} has shape {tensors[name].shape} "
-                                 f"but the architecture needs {array.shape}.")
-        array[...] = model.backend.asarray(tensors[name], model.dtype)
-    return model
-
-
-def _preprocess_from_file(config, tensors):
-    """The preprocessing step a file names, restored from (and taken out of) its ``preprocess.*`` tensors."""
-    step = PREPROCESSORS[check_choice("preprocessing step", config["class"], tuple(PREPROCESSORS))]()
-    values = {name.split(".", 1)[1]: tensors.pop(name) for name in list(tensors) if name.startswith("preprocess.")}
-    return step.restore(values) if values else step
-
-
-def _check_output_layer(loss, last):
-    """``loss``, if the last layer gives what it reads; else a ValueError that names both fixes."""
-    if loss.link is None:
-        return loss
-    gives_link = getattr(last, "kernel", None) == loss.link
-    what = type(last).__name__ if not isinstance(last, Dense) else f"Dense({last.n_inputs}, {last.n_neurons})"
-    link = loss.link.capitalize()
-    if loss.from_logits and gives_link:
-        raise ValueError(f"{type(loss).__name__}(from_logits=True) applies the {loss.link} itself, but the last "
-                         f"layer is already {link}: remove that layer, or use from_logits=False.")
-    if not loss.from_logits and not gives_link:
-        raise ValueError(f"{loss.name} expects probabilities, but the last layer is {what}, which gives "
-                         f"unbounded scores: add a {link}() layer at the end, or compile with "
-                         f"loss={type(loss).__name__}(from_logits=True) (from nnbackends.losses).")
-    return loss
-
-
-def _shares(weights):
-    """Each sample's part of the batch's total weight (all zero when the batch weighs nothing)."""
-    total = weights.sum()
-    return weights / np.maximum(total, np.finfo(weights.dtype).tiny)
-
-
-def _check_backend_type(backend):
-    """None, a Backend or a name (an unknown name is the registry's ``UnknownBackendError``, a ValueError)."""
-    if backend is None or isinstance(backend, (Backend, str)):
-        return backend
-    raise TypeError(f"backend must be a backend name or a Backend, got {backend!r} ({type(backend).__name__}).")
-
-
-def _is_dtype(dtype) -> bool:
-    try:
-        np.dtype(dtype)
-    except TypeError:
-        return False
-    return not isinstance(dtype, str)
+        raise ModelFileError(f"{os.fspath(path)!r} has invalid model metadata: {detail}") from None
+    return model_state.restore(model, tensors, metadata, repr(os.fspath(path)))

@@ -69,13 +69,34 @@ def atomic_write(path, chunks) -> None:
 
 
 def check_save_folder(path) -> str:
-    """The folder ``path`` would be saved in; ``FileNotFoundError`` naming it when it does not exist.
+    """The folder ``path`` would be saved in, checked as ``check_output_path`` does.
 
     Callers that work long before saving (``nnbackends train --save``) check up front.
     """
-    folder = os.path.dirname(os.path.abspath(os.fspath(path)))
+    return check_output_path(path, "Cannot save to")
+
+
+def check_output_path(path, what, example="model.safetensors") -> str:
+    """The folder a file written to ``path`` goes in, once it is sure a file can be written there.
+
+    Otherwise an ``OSError`` that starts with ``what`` and ``path`` and says the fix: ``IsADirectoryError``
+    when ``path`` names a folder (an existing one, or it ends in a separator; ``example`` is the file
+    name suggested in it), ``FileNotFoundError`` when its folder is missing, ``NotADirectoryError``
+    when that "folder" is a file, ``PermissionError`` when it is not writable.
+    """
+    path = os.fspath(path)
+    where = f"{what} {path!r}"
+    if os.path.isdir(path) or path.endswith(tuple(filter(None, (os.sep, os.altsep)))):
+        raise IsADirectoryError(f"{where} names a folder, not a file; name a file in it, e.g. "
+                                f"{os.path.join(path, example)!r}.")
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise NotADirectoryError(f"{where}: {folder!r} is a file, not a folder; choose a path in a folder.")
     if not os.path.isdir(folder):
-        raise FileNotFoundError(f"Cannot save to {os.fspath(path)!r}: the folder {folder!r} does not exist.")
+        raise FileNotFoundError(f"{where}: the folder {folder!r} does not exist; create it first "
+                                "or choose a path in an existing folder.")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise PermissionError(f"{where}: the folder {folder!r} is not writable; choose a folder you can write to.")
     return folder
 
 

@@ -2,10 +2,11 @@
 
 * ``BatchSource``: which rows each step trains on (order, shuffling, gathering, each step's share).
 * ``EpochSums``: the epoch's loss, regularization and metric sums, kept on the device.
-* ``diverged``: the error raised when a step was not finite.
+* ``diverged``, ``interruption``: the errors raised when a step was not finite, or after Ctrl-C.
 * ``Trainer``: runs epochs of steps, with Ctrl-C deferred to step boundaries
   (``interrupts.deferred_interrupt``), and reports each epoch to the progress
-  display, the ``History`` and the callbacks.
+  display, the ``History`` and the callbacks; after a Ctrl-C it raises
+  ``TrainingInterrupted`` or returns the ``History`` (``on_interrupt``).
 
 A step is ``step(xb, yb[, wb]) -> (data_loss, accuracy, finite)``: the backend's fused
 step or the model's per-layer ``train_step``; the trainer calls the optimizer's
@@ -20,10 +21,14 @@ import numpy as np
 
 from .callbacks import wants_batches
 from .distributed import as_comm
-from .errors import TrainingDivergedError
+from .errors import TrainingDivergedError, TrainingInterrupted
 from .history import History
 from .interrupts import deferred_interrupt
 from .optimizers import Optimizer
+from .validation import check_choice
+
+#: What ``fit`` does after Ctrl-C stopped it: raise ``TrainingInterrupted``, or return the History.
+ON_INTERRUPT = ("raise", "return")
 
 
 class BatchSource:
@@ -133,6 +138,14 @@ def diverged(model, epoch, step, history, data_loss) -> TrainingDivergedError:
     )
 
 
+def interruption(history) -> TrainingInterrupted:
+    """The error raised after Ctrl-C stopped training (the callbacks have ended by then)."""
+    return TrainingInterrupted(
+        f"Training interrupted by Ctrl-C after {history.epochs} completed epochs ({history.steps} steps); "
+        "the model keeps the weights of the last completed step. Pass fit(on_interrupt='return') to get "
+        "the History back instead.", history=history)
+
+
 class Trainer:
     """One ``fit`` call: trains ``model`` with ``step`` on the batches of ``source``.
 
@@ -141,9 +154,13 @@ class Trainer:
     ``callbacks.Callback``. Epochs given to callbacks count over the model's life
     (``model.epochs_trained``), so a resumed run goes on counting. ``comm``: the
     communicator of a distributed fit (Ctrl-C then stops every rank at the same step).
+    ``on_interrupt``: after Ctrl-C, ``"raise"`` ``TrainingInterrupted`` or ``"return"`` the History
+    (``history.interrupted`` set either way).
     """
 
-    def __init__(self, model, step, source, progress, validation=None, callbacks=(), comm=None):
+    def __init__(self, model, step, source, progress, validation=None, callbacks=(), comm=None,
+                 on_interrupt="raise"):
+        self.on_interrupt = check_choice("on_interrupt", on_interrupt, ON_INTERRUPT)
         self.model, self.step, self.source, self.progress = model, step, source, progress
         self.validation = validation
         self.comm = as_comm(comm)
@@ -187,6 +204,8 @@ class Trainer:
         self.progress.close()
         for c in self.callbacks:
             c.on_train_end()
+        if history.interrupted and self.on_interrupt == "raise":
+            raise interruption(history)
         return history
 
     def runs_epochs(self) -> bool:

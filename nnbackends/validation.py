@@ -299,6 +299,29 @@ def class_weights_as_sample_weights(class_weight, labels, n_classes) -> np.ndarr
     return table[index.astype(np.int64)]
 
 
+def sample_weights(sample_weight, class_weight, labels, n_classes) -> np.ndarray | None:
+    """Host float64 weights per sample from ``sample_weight`` and/or ``class_weight`` (their product when
+    both are given) for class ``labels``, or None when neither is."""
+    weights = None
+    if sample_weight is not None:
+        weights = check_sample_weight("sample_weight", sample_weight, labels.shape[0])
+    if class_weight is not None:
+        per_class = class_weights_as_sample_weights(class_weight, labels, n_classes)
+        weights = per_class if weights is None else weights * per_class
+        weights = check_sample_weight("class_weight's sample weights", weights, labels.shape[0])
+    return weights
+
+
+def check_dtype(name, dtype, choices) -> str:
+    """The name of ``dtype`` (a string, a NumPy dtype or a scalar type such as ``np.float32``) among ``choices``."""
+    if not isinstance(dtype, str):
+        try:
+            dtype = str(np.dtype(dtype))
+        except TypeError:
+            pass  # check_choice names it
+    return check_choice(name, dtype, choices)
+
+
 def split_for_validation(validation_split, *arrays):
     """``(training parts, validation parts)`` of host ``arrays``: the last ``validation_split`` of the rows."""
     fraction = check_float("validation_split", validation_split, low=0.0, high=1.0, low_open=True, high_open=True,

@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from nnbackends import Model, TrainingDivergedError  # noqa: E402
 from nnbackends.backends import register_backend, registered_backends  # noqa: E402
 from nnbackends.backends.cupy_backend import CupyArrayCode  # noqa: E402
+from nnbackends.errors import TrainingInterrupted  # noqa: E402
 from nnbackends.layers import Dense, Dropout, Linear, ReLU, Softmax, Tanh  # noqa: E402
 from nnbackends.metrics import RegressionAccuracy  # noqa: E402
 from nnbackends.optimizers import SGD, Adam  # noqa: E402
@@ -133,6 +134,8 @@ def train(spec, comm=None) -> dict:
                             comm=comm, sharded=spec["sharded"])
     except TrainingDivergedError as exc:
         history, diverged = exc.history, (exc.epoch, exc.step)
+    except TrainingInterrupted as exc:  # raised on every rank together
+        history = exc.history
     except ValueError as exc:  # a DistributedError, raised on every rank
         history, message = None, f"{type(exc).__name__}: {exc}"
     fused_step = model._fused_step

@@ -1,4 +1,5 @@
-"""Ctrl-C (SIGINT) during fit returns the model as it was after its last completed step.
+"""Ctrl-C (SIGINT) during fit leaves the model as it was after its last completed step and raises
+TrainingInterrupted (a KeyboardInterrupt) with the history, or returns it with on_interrupt="return".
 
 The subprocess tests send a real SIGINT to a training process once it reports
 that steps are running (no sleeps, no races); the in-process tests raise the
@@ -26,7 +27,7 @@ ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([ROOT, os.path.join(ROOT, "te
 READY = "steps-are-running"
 
 # Trains "forever"; after step 20 it tells the parent it is training. It records
-# the weights after every completed step and finally reports how fit returned.
+# the weights after every completed step and finally reports how fit ended.
 FIT_SCRIPT = textwrap.dedent(f"""
     import json, sys
     import numpy as np
@@ -47,11 +48,15 @@ FIT_SCRIPT = textwrap.dedent(f"""
                 print("{READY}", flush=True)
 
     model.compile(optimizer=Recording(0.01))
-    history = model.fit(X, y, epochs=10**7, batch_size=50, verbose=0)
+    try:
+        model.fit(X, y, epochs=10**7, batch_size=50, verbose=0)
+        raised = False
+    except nb.TrainingInterrupted as exc:
+        history, raised = exc.history, isinstance(exc, KeyboardInterrupt)
     same = all(np.array_equal(a, b) for a, b in zip(model.get_weights(), model.optimizer.completed))
     after = model.fit(X, y, epochs=2, verbose=0)
     print(json.dumps({{
-        "interrupted": history.interrupted, "epochs": history.epochs, "losses": len(history["loss"]),
+        "raised": raised, "interrupted": history.interrupted, "epochs": history.epochs, "losses": len(history["loss"]),
         "iterations": model.optimizer.iterations - 2, "weights_of_last_step": same,
         "finite": all(bool(np.isfinite(w).all()) for w in model.get_weights()),
         "evaluate_loss": model.evaluate(X, y)["loss"], "epochs_after": after.epochs,
@@ -85,11 +90,11 @@ def interrupt_when_ready(args, stream):
     return proc.returncode, out, err
 
 
-def test_sigint_during_fit_returns_a_consistent_model(backend):
+def test_sigint_during_fit_raises_with_a_consistent_model(backend):
     rc, out, err = interrupt_when_ready([sys.executable, "-c", FIT_SCRIPT, backend.name], "stdout")
     assert rc == 0, err
     result = json.loads(out.splitlines()[-1])
-    assert result["interrupted"] is True
+    assert result["raised"] is True and result["interrupted"] is True
     assert result["epochs"] == result["losses"] < 10**7
     assert result["iterations"] >= 20
     assert result["epochs"] * 6 <= result["iterations"] < (result["epochs"] + 1) * 6  # 6 steps per epoch
@@ -146,14 +151,24 @@ def small_model(backend, signals_at):
     return model.compile(optimizer=Signalling(0.01))
 
 
+def fit_until_interrupted(model, X, y, on_interrupt, **kwargs):
+    """The History of a fit that Ctrl-C stops: raised with ``TrainingInterrupted``, or returned."""
+    if on_interrupt == "return":
+        return model.fit(X, y, epochs=100, verbose=0, on_interrupt="return", **kwargs)
+    with pytest.raises(nb.TrainingInterrupted, match="Ctrl-C after") as info:
+        model.fit(X, y, epochs=100, verbose=0, **kwargs)
+    return info.value.history
+
+
+@pytest.mark.parametrize("on_interrupt", ["raise", "return"])
 @pytest.mark.parametrize("batch_size, signal_at, epochs", [(20, 8, 2), (20, 9, 3), (None, 5, 5)],
                          ids=["mid-epoch", "end-of-epoch", "full-batch"])
-def test_interrupt_stops_after_the_current_step(backend, batch_size, signal_at, epochs):
+def test_interrupt_stops_after_the_current_step(backend, batch_size, signal_at, epochs, on_interrupt):
     """An epoch cut short is not reported; a completed one is, even when the signal came in its last step."""
     X, y = nb.datasets.spiral_data(20, 3)  # 60 samples: 3 steps of 20 per epoch, or 1 full batch
     model = small_model(backend, signals_at={signal_at})
     previous = signal.getsignal(signal.SIGINT)
-    history = model.fit(X, y, epochs=100, batch_size=batch_size, verbose=0)
+    history = fit_until_interrupted(model, X, y, on_interrupt, batch_size=batch_size)
     assert signal.getsignal(signal.SIGINT) is previous
     assert history.interrupted is True
     assert history.epochs == epochs

@@ -68,8 +68,15 @@ def test_training_report_skips_regions_for_regression(tmp_path):
     model.compile(loss="mse", optimizer="adam")
     history = model.fit(X, y, epochs=5, verbose=0)
     fig = plots.training_report(model, X, y, history, path=tmp_path / "sine.png", title="sine")
-    assert [ax.get_title() for ax in fig.axes] == ["Loss per epoch", "Accuracy per epoch"]
+    assert [ax.get_title() for ax in fig.axes] == ["Loss per epoch", "R² per epoch"]  # regression's default metric
     assert png_size(tmp_path / "sine.png") == (2 * PANEL_PIXELS[0], PANEL_PIXELS[1])
+
+
+def test_the_metric_panel_shows_the_metric_the_model_logs():
+    logs = {"loss": [1.0, 0.5], "mae": [0.9, 0.4], "val_loss": [1.1, 0.6], "val_mae": [1.0, 0.5]}
+    ax = plots.history(logs).axes[1]
+    assert ax.get_title() == "MAE per epoch"
+    assert [list(line.get_ydata()) for line in ax.get_lines()] == [logs["mae"], logs["val_mae"]]
 
 
 def test_decision_boundary_needs_two_features():

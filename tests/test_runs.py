@@ -65,8 +65,10 @@ def test_runs_train_what_single_steps_train(case, dtype):
     assert run.optimizer.iterations == single.optimizer.iterations == run_history.steps
     assert run.optimizer.current_learning_rate == single.optimizer.current_learning_rate
     for key in single_history.history:
-        np.testing.assert_allclose(run_history[key], single_history[key], rtol=1e-6 if dtype == "float32" else 1e-12,
-                                   err_msg=key)
+        got, want = np.asarray(run_history[key]), np.asarray(single_history[key])
+        if key.endswith("r2"):  # 1 - loss / variance: its rounding is the loss's, relative to 1 - r2
+            got, want = 1 - got, 1 - want
+        np.testing.assert_allclose(got, want, rtol=1e-6 if dtype == "float32" else 1e-12, err_msg=key)
 
 
 def test_divergence_inside_a_run_reports_the_step_and_keeps_the_last_finite_weights():
@@ -110,7 +112,7 @@ RUN_SCRIPT = textwrap.dedent(f"""
     model = nb.Model(backend="numba", seed=0)
     model.add(Dense(2, 32)).add(ReLU()).add(Dense(32, 3)).add(Softmax())
     model.compile(optimizer=nb.optimizers.Adam(0.01))
-    history = model.fit(X, y, epochs=10**7, batch_size=50, verbose=2)  # a line per epoch on stderr
+    history = model.fit(X, y, epochs=10**7, batch_size=50, verbose=2, on_interrupt="return")  # a line per epoch
     print(json.dumps({{"interrupted": history.interrupted, "epochs": history.epochs,
                       "losses": len(history["loss"]), "iterations": model.optimizer.iterations,
                       "steps": history.steps, "finite": all(bool(np.isfinite(w).all()) for w in model.get_weights()),

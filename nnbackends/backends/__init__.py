@@ -87,6 +87,8 @@ def get_backend(name: str | Backend | None = None) -> Backend:
     """The backend instance for ``name`` (``None``: the current one; ``"auto"``: the best here)."""
     if isinstance(name, Backend):
         return name
+    if name is not None and not isinstance(name, str):
+        raise TypeError(f"backend must be a backend name or a Backend, got {name!r} ({type(name).__name__}).")
     name = resolve_backend(name)
     if name in _instances:
         return _instances[name]
@@ -108,14 +110,18 @@ def get_backend(name: str | Backend | None = None) -> Backend:
 
 def resolve_backend(name: str | None = None) -> str:
     """The concrete backend name that ``name`` stands for under the selection rules."""
+    origin = ""
     if name is None:
-        name = _current.get() or os.environ.get(ENV_VAR) or "auto"
-    name = name.strip().lower()
+        name = _current.get()
+        if name is None and os.environ.get(ENV_VAR):
+            name, origin = os.environ[ENV_VAR], f" (from the environment variable {ENV_VAR})"
+    name = (name or "auto").strip().lower()
     if name == "auto":
         return _auto()
     if name not in _registry:
         valid = ", ".join(["auto", *_registry])
-        raise UnknownBackendError(f"Unknown backend {name!r}; valid names are: {valid}.")
+        fix = f"; set {ENV_VAR} to one of them or unset it" if origin else ""
+        raise UnknownBackendError(f"Unknown backend {name!r}{origin}; valid names are: {valid}{fix}.")
     return name
 
 

@@ -80,6 +80,15 @@ def load_data(name, smoke=False):
     raise ValueError(f"unknown data set {name!r}")
 
 
+def data_unavailable_reason(workload, smoke=False) -> str | None:
+    """None when a workload's data loads here, else why not (a data set from an extra not installed)."""
+    try:
+        load_data(workload.data, smoke)
+    except ImportError as exc:
+        return str(exc)
+    return None
+
+
 # ---------------------------------------------------------------------------- cases
 class Case:
     """One piece of work on one backend: ``setup()`` once, then ``run(number)`` repeatedly."""

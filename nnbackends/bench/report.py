@@ -49,6 +49,7 @@ def format_table(report) -> str:
     lines += _peer_check_lines(report.get("torch_alone"))
     lines += [f"warm-up {key}: {format_seconds(s)}" for key, s in report["warmup_s"].items() if s > 1e-3]
     lines += [f"{name}: not available: {reason}" for name, reason in report["unavailable"].items()]
+    lines += [f"{skip['work']}: skipped: {skip['reason']}" for skip in report.get("skipped", ())]
     lines += [f"{e['backend']} failed on {e['work']}: {e['error']}" for e in report["errors"]]
     return "\n".join(lines)
 

@@ -15,7 +15,7 @@ import numpy as np
 from ..backends import get_backend, registered_backends, unavailable_reason
 from ..backends.autotune import cpu_name
 from .cases import (BENCH_KERNELS, KERNEL_SIZES, PEERS, QUICK_SIZES, TORCH, TORCH_INSTALL, WARMUP_SECONDS,
-                    WORKLOADS, KernelCase, TorchTrainCase, TrainCase)
+                    WORKLOADS, KernelCase, TorchTrainCase, TrainCase, data_unavailable_reason)
 from .peer_check import agreement, torch_alone
 
 
@@ -81,12 +81,16 @@ def availability(names) -> dict[str, str | None]:
     return {n: torch_unavailable_reason(n) if n in PEERS else unavailable_reason(n) for n in names}
 
 
-def make_groups(plan: Plan, runnable):
-    """[(title, [cases])]: the cases of one piece of work, for every runnable backend."""
+def make_groups(plan: Plan, runnable, skipped=None):
+    """[(title, [cases])]: the cases of one piece of work, for every runnable backend. A training
+    workload whose data cannot load here goes to ``skipped`` as ``{"work": title, "reason": why}``."""
     groups = []
     if plan.suite in ("train", "all"):
         for w in WORKLOADS.values():
-            if plan.wanted(w.name):
+            reason = data_unavailable_reason(w, plan.smoke) if plan.wanted(w.name) else None
+            if reason and skipped is not None:
+                skipped.append({"work": f"train {w.name}", "reason": reason})
+            elif plan.wanted(w.name):
                 groups.append((f"train {w.name} ({w.description}, {w.size})", [
                     (TorchTrainCase if b in PEERS else TrainCase)(w, b, plan.dtype, plan.smoke, plan.threads)
                     for b in runnable
@@ -278,7 +282,10 @@ def _run(plan, names, reasons, progress):
     peak = measure_peak(plan.quick, plan.smoke)
     say(f"peak: {peak['gflops_per_s']:.1f} GFLOP/s (NumPy sgemm {peak['sgemm_n']}x{peak['sgemm_n']}); "
         "measured again at the end")
-    groups = make_groups(plan, runnable)
+    skipped = []
+    groups = make_groups(plan, runnable, skipped)
+    for skip in skipped:
+        say(f"{skip['work']}: skipped: {skip['reason']}")
     results, errors = [], []
     for index, (title, cases) in enumerate(groups, 1):
         say(f"[{index}/{len(groups)}] {title}: {', '.join(c.backend for c in cases)} "
@@ -314,7 +321,7 @@ def _run(plan, names, reasons, progress):
                  "min_round_s": plan.min_round_s},
         "machine": machine_info(), "backends": versions,
         "warmup_s": {f"{b}/{d}": s for (b, d), s in WARMUP_SECONDS.items() if b in runnable},
-        "unavailable": {n: r for n, r in reasons.items() if r}, "errors": errors,
+        "unavailable": {n: r for n, r in reasons.items() if r}, "errors": errors, "skipped": skipped,
         "peak": peak, "results": add_ratios(results, peak), "torch_alone": check,
         "seconds": time.perf_counter() - start,
     }
