@@ -177,6 +177,7 @@ class Trainer:
             c.set_model(model)
             c.on_train_begin()
         runs = RunLength() if self.runs_epochs() else None
+        per_epoch = bool(self.callbacks) or self.validation is not None  # then each run is one epoch
         self.start = time.perf_counter()
         # A step that overflows raises TrainingDivergedError; NumPy's warnings would only repeat it.
         with deferred_interrupt() as interrupted, np.errstate(over="ignore", invalid="ignore", divide="ignore"):
@@ -191,7 +192,9 @@ class Trainer:
                         self.end_epoch(epoch, sums)
                     epoch += 1
                 else:
-                    count = runs.next(epochs - epoch + 1, self.source.n)
+                    count = 1 if per_epoch else runs.next(epochs - epoch + 1, self.source.n)
+                    for c in self.callbacks:
+                        c.on_epoch_begin(model.epochs_trained + 1)
                     self.train_run(epoch, count)
                     epoch += count
                     runs.done(time.perf_counter() - self.start)
@@ -210,11 +213,12 @@ class Trainer:
 
     def runs_epochs(self) -> bool:
         """Whether whole epochs go to the step in one call: it can (``step.run``) and nothing needs
-        Python between its steps or epochs (no callbacks, no validation, an optimizer whose
-        ``pre_update`` and ``post_update`` are the base class's)."""
+        Python between its steps (no callback with ``on_batch_end``, an optimizer whose
+        ``pre_update`` and ``post_update`` are the base class's). With epoch-end callbacks or
+        validation data, each run is one epoch."""
         opt = type(self.model.optimizer)
         hooks = opt.pre_update is Optimizer.pre_update and opt.post_update is Optimizer.post_update
-        return hasattr(self.step, "run") and hooks and not self.callbacks and self.validation is None
+        return hasattr(self.step, "run") and hooks and not self.batch_callbacks
 
     def train_run(self, first_epoch, count):
         """``count`` epochs in one call of ``step.run``; each completed epoch is reported as usual."""

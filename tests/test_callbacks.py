@@ -55,24 +55,32 @@ def test_restored_weights_are_bit_equal_to_the_best_epoch(backend, ending):
         assert got.tobytes() == want.tobytes()
 
 
-def test_early_stopping_keeps_the_fused_step():
-    """A callback that only needs epoch ends does not take the fused step away."""
+@pytest.mark.parametrize("validation", [True, False], ids=["validation", "no-validation"])
+def test_early_stopping_keeps_the_fused_step_and_its_runs(validation):
+    """A callback that only needs epoch ends takes neither the fused step nor the runs of steps away:
+    each epoch is one run (one compiled call), and the callback sees every epoch's end."""
     pytest.importorskip("numba")
     X, y, val = data()
     model = spiral_model("numba")
-    calls = []
     model.fit(X, y, epochs=2, verbose=0, fused=True, validation_data=val, callbacks=[EarlyStopping()])
     step = model._fused_step
-    original = step.__call__
+    calls = []
 
     class Counting(type(step)):
         def __call__(self, *a):
-            calls.append(1)
-            return original(*a)
+            calls.append("step")
+            return super().__call__(*a)
+
+        def run(self, X, y, orders, batch_size, rates):
+            calls.append(("run", rates.size))
+            return super().run(X, y, orders, batch_size, rates)
 
     step.__class__ = Counting
-    model.fit(X, y, epochs=3, verbose=0, validation_data=val, callbacks=[EarlyStopping(patience=10)])
-    assert len(calls) == 3
+    stopper = EarlyStopping(monitor="val_loss" if validation else "loss", patience=10)
+    history = model.fit(X, y, epochs=3, batch_size=100, verbose=0, validation_data=val if validation else None,
+                        callbacks=[stopper])
+    assert calls == [("run", 2)] * 3  # 120 rows in batches of 100: 2 steps an epoch, an epoch a run
+    assert len(history["loss"]) == 3 and stopper.best == min(history["val_loss" if validation else "loss"])
 
 
 def test_patience_zero_stops_at_the_first_epoch_without_improvement():
