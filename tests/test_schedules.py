@@ -27,11 +27,12 @@ def test_closed_forms():
                                rtol=1e-15)
     np.testing.assert_allclose(rates(ExponentialDecay(0.5, 0.9)), [0.5 * 0.9 ** t for t in range(STEPS)], rtol=1e-15)
     cosine = rates(CosineDecay(0.4, decay_steps=20, final_learning_rate=0.1, warmup_steps=5))
-    assert cosine[0] == 0.0 and cosine[1] == pytest.approx(0.4 / 5) and cosine[5] == pytest.approx(0.4)
-    assert cosine[15] == pytest.approx(0.1 + 0.3 * (1 + math.cos(math.pi * 10 / 20)) / 2)
-    assert np.all(cosine[25:] == pytest.approx(0.1)), "flat at the final rate after decay_steps"
+    warm_up = [0.4 * t / 5 for t in range(5)]  # linear from 0
+    decay = [0.1 + 0.3 * (1 + math.cos(math.pi * min(t, 20) / 20)) / 2 for t in range(STEPS - 5)]  # flat after 20
+    np.testing.assert_allclose(cosine, warm_up + decay, rtol=1e-15)
+    assert cosine[0] == 0.0 and cosine[5] == 0.4 and np.all(cosine[25:] == 0.1)
     piecewise = rates(PiecewiseConstant([10, 30], [1.0, 0.5, 0.1]))
-    assert list(piecewise[[0, 9, 10, 29, 30, 59]]) == [1.0, 1.0, 0.5, 0.5, 0.1, 0.1]
+    assert piecewise.tolist() == [1.0] * 10 + [0.5] * 20 + [0.1] * 30
 
 
 def _torch_rates(torch, make_scheduler, lr, steps=STEPS):
@@ -44,6 +45,15 @@ def _torch_rates(torch, make_scheduler, lr, steps=STEPS):
         opt.step()
         scheduler.step()
     return np.array(out)
+
+
+def test_cosine_after_its_warm_up_matches_torch():
+    """The decay that follows a warm-up is CosineAnnealingLR's, shifted by the warm-up's steps."""
+    torch = pytest.importorskip("torch", reason="PyTorch is not installed; the scheduler comparison needs it")
+    ours = rates(CosineDecay(0.3, decay_steps=40, final_learning_rate=0.02, warmup_steps=10), 51)[10:]
+    theirs = _torch_rates(torch, lambda o: torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=40, eta_min=0.02),
+                          0.3, steps=41)
+    np.testing.assert_allclose(ours, theirs, rtol=1e-12)
 
 
 @pytest.mark.parametrize("name", ["step", "exponential", "cosine"])
