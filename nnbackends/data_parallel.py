@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .distributed import DistributedError, MismatchError
+from .distributed import MismatchError
 from .layers import Dropout
 from .metrics import Metric
 from .trainer import BatchSource
@@ -46,17 +46,13 @@ def prepare(model, comm, x, y, epochs, batch_size, shuffle, sharded, step, fused
             if isinstance(layer, Dropout):
                 layer.rng = np.random.default_rng([seed, comm.rank])
     source = ShareSource(model.backend, x, y, batch_size, shuffle, model.rng, comm, sharded)
-    return source, summed_step(model, comm, source, step, fused)
+    return source, summed_step(model, comm, source, step)
 
 
-def summed_step(model, comm, source, step, fused):
-    """The step that sums gradients over the ranks: the fused step's own, or the per-layer one."""
+def summed_step(model, comm, source, step):
+    """The step that sums gradients over the ranks: the fused step's own (``summed_step``), or the per-layer one."""
     if step != model.train_step:
-        if hasattr(step, "summed_step"):
-            return lambda xb, yb: step.summed_step(xb, yb, source.rows_in_step, comm)
-        if fused:
-            raise DistributedError(f"fused=True, but the {model.backend.name!r} backend's fused step cannot "
-                                   "sum gradients across ranks yet; use fused=None to train on the per-layer path.")
+        return lambda xb, yb: step.summed_step(xb, yb, source.rows_in_step, comm)
     return LayerStep(model, comm, source)
 
 

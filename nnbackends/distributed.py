@@ -125,7 +125,8 @@ class MPIComm(SingleProcess):
     """Data-parallel training over MPI: ``Model.fit(X, y, comm=MPIComm())`` under ``mpiexec -n N``.
 
     ``comm``: an mpi4py communicator (default ``MPI.COMM_WORLD``). Arrays passed to the
-    collectives are host NumPy arrays of one dtype, the same shape on every rank.
+    collectives are host NumPy arrays of one dtype, the same shape on every rank; device
+    arrays too where ``cuda_aware`` (the MPI library says it takes CUDA memory).
     """
 
     def __init__(self, comm=None):
@@ -134,6 +135,7 @@ class MPIComm(SingleProcess):
         self.comm = MPI.COMM_WORLD if comm is None else comm
         self.rank, self.size = self.comm.Get_rank(), self.comm.Get_size()
         self.is_root = self.rank == 0
+        self.cuda_aware = cuda_aware()  # device arrays may go to the collectives (the CuPy fused step's sum)
         self._flag = np.zeros(1, np.int8)
         self._guards = 0
 
@@ -229,6 +231,26 @@ def import_mpi():
     return MPI
 
 
+def cuda_aware() -> bool:
+    """Whether the MPI library in this initialized process takes CUDA device memory: what its
+    ``MPIX_Query_cuda_support`` says (Open MPI's extension, which MPICH also has); False where
+    the library has no such function or cannot be found."""
+    import ctypes
+
+    try:
+        with open("/proc/self/maps") as maps:
+            libraries = sorted({line.split()[-1] for line in maps if "/libmpi" in line})
+    except OSError:  # not Linux
+        return False
+    for path in libraries:
+        try:
+            query = ctypes.CDLL(path).MPIX_Query_cuda_support
+        except (OSError, AttributeError):
+            continue
+        return bool(query())
+    return False
+
+
 def require_mpiexec(comm) -> None:
     """A ValueError saying how to launch, when ``comm`` has one rank because no launcher started us."""
     if comm.size == 1 and not launched_by_mpiexec():
@@ -252,10 +274,18 @@ def mpi_report() -> dict:
     except Exception as exc:
         return {"available": False, "reason": f"mpi4py {mpi4py.__version__} cannot load an MPI library: "
                                               f"{type(exc).__name__}: {exc}; {INSTALL}"}
-    if MPI.Is_initialized() and not MPI.Is_finalized():
+    running = MPI.Is_initialized() and not MPI.Is_finalized()
+    if running:
         world = MPI.COMM_WORLD.Get_size()
     else:
         world = int(os.environ.get("PMI_SIZE") or os.environ.get("OMPI_COMM_WORLD_SIZE") or 1)
+    if not running:
+        gpu_arrays = ("through host memory unless the MPI library is CUDA-aware (asked when a distributed fit "
+                      "starts MPI)")
+    elif cuda_aware():
+        gpu_arrays = "passed to MPI on the device (this MPI library is CUDA-aware)"
+    else:
+        gpu_arrays = "through host memory (this MPI library is not CUDA-aware)"
     return {
         "available": True,
         "mpi4py": mpi4py.__version__,
@@ -263,6 +293,5 @@ def mpi_report() -> dict:
         "standard": "MPI {}.{}".format(*MPI.Get_version()),
         "world_size": world,
         "launched_by_mpiexec": launched_by_mpiexec(),
-        # Every backend hands MPI host arrays (Backend.to_numpy), so CUDA-awareness is not used.
-        "gpu_arrays": "through host memory (nnbackends does not pass device pointers to MPI)",
+        "gpu_arrays": gpu_arrays,  # how the CuPy fused step sums its gradients
     }

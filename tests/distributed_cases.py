@@ -55,7 +55,7 @@ CASES = dict(
     [case(net, backend, fused, opt, sharded)
      for net in ("blas", "loops") for backend, fused in (("numpy", False), ("numba", False), ("numba", True))
      for opt in OPTIMIZERS for sharded in (False, True)]
-    + [case("blas", "cupy-numpy", None, opt, sharded) for opt in OPTIMIZERS for sharded in (False, True)]
+    + [case("blas", "cupy-numpy", True, opt, sharded) for opt in OPTIMIZERS for sharded in (False, True)]
     + [case("regression", backend, fused, "adam", sharded)
        for backend, fused in (("numpy", False), ("numba", True)) for sharded in (False, True)]
     + [case("regression", backend, fused, "adam", True, diverge="diverge")
@@ -65,8 +65,6 @@ CASES = dict(
 )
 #: Cases that run only distributed (no one-process reference): what they check is in ``test_distributed``.
 DISTRIBUTED_ONLY = {
-    "blas-cupy-numpy-fused-adam-whole": dict(net="blas", backend="cupy-numpy", fused=True, optimizer="adam",
-                                             sharded=False),
     "blas-numpy-layers-adam-whole-mismatch": dict(net="blas", backend="numpy", fused=False, optimizer="adam",
                                                   sharded=False, mismatch="epochs"),
 }
@@ -148,6 +146,7 @@ def train(spec, comm=None) -> dict:
         "diverged": np.array(diverged),
         "interrupted": np.array([bool(history and history.interrupted)]),
         "blas": np.array([-1 if getattr(fused_step, "blas", None) is None else int(fused_step.blas)]),
+        "summed_shares": np.array([len(getattr(fused_step, "shares", ()))]),  # CuPy: batch shapes summed_step ran
         "dropout_draw": np.array(dropout),
         "message": np.array(message),
     }
@@ -161,6 +160,8 @@ def main(out):
     for name, spec in {**CASES, **DISTRIBUTED_ONLY}.items():
         for key, value in train(spec, comm).items():
             results[f"{name}:{key}"] = value
+    results["mpi:cuda_aware"] = np.array([comm.cuda_aware])
+    results["mpi:library"] = np.array(comm.MPI.Get_library_version().split("\n")[0])
     np.savez(Path(out) / f"rank{comm.rank}.npz", **results)
 
 

@@ -255,3 +255,49 @@ def test_fit_reads_the_device_once_per_epoch():
             DeviceArray.reads = 0
             model.fit(X, y, epochs=3, batch_size=batch_size, verbose=0)
             assert DeviceArray.reads == 3
+
+
+class TwinRanks:
+    """A communicator of two ranks that hold the same share: ``sum_inplace`` doubles the buffer, noting
+    whether it was given a host array or one of the step's own (device) arrays."""
+
+    size, rank, is_root = 2, 0, True
+
+    def __init__(self, cuda_aware):
+        self.cuda_aware, self.buffers = cuda_aware, []
+
+    def sum_inplace(self, buffer):
+        self.buffers.append(buffer)
+        buffer *= 2
+
+
+@pytest.mark.parametrize("cuda_aware", [False, True], ids=["host-memory", "cuda-aware"])
+@pytest.mark.parametrize("build", list(MODELS))
+def test_a_summed_step_of_two_equal_shares_is_the_step_of_their_batch(build, cuda_aware, monkeypatch):
+    """Two ranks holding the same 40 rows train what one step on those 80 rows trains; the sum goes
+    through a host copy unless the MPI library is CUDA-aware."""
+    X, y = data_for(build)
+    X, y = X[:40], y[:40]
+    one, summed = MODELS[build]("cupy-numpy", "float64"), MODELS[build]("cupy-numpy", "float64")
+    x, labels = device_data(one, np.concatenate([X, X]), np.concatenate([y, y]))
+    share, share_labels = device_data(summed, X, y)
+    step, summed_step = one.backend.fused_step(one), summed.backend.fused_step(summed)
+    comm = TwinRanks(cuda_aware)
+    host_copies = []
+
+    def to_host(a, to_numpy=summed.backend.to_numpy):
+        host_copies.append(to_numpy(a).copy())
+        return host_copies[-1]
+
+    monkeypatch.setattr(summed.backend, "to_numpy", to_host)
+    for _ in range(3):
+        for model, run in ((one, lambda: step(x, labels)), (summed, lambda: summed_step.summed_step(
+                share, share_labels, 80, comm))):
+            model.optimizer.pre_update()
+            loss, accuracy, finite = run()
+            model.optimizer.post_update()
+            assert finite
+    for got, want in zip(summed.get_weights(), one.get_weights()):
+        np.testing.assert_allclose(got, want, rtol=1e-12)
+    through_host = [any(b is h for h in host_copies) for b in comm.buffers]
+    assert through_host == [not cuda_aware] * 3

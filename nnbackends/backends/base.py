@@ -123,6 +123,11 @@ class Backend:
         anything back: ``step.queue(x, y)`` per batch, and ``step.end_epoch()``
         once, which reads the epoch's means and the first non-finite step
         (``cupy_step.EpochTotals``; after that step no update changed anything).
+
+        For data-parallel training (``nnbackends.data_parallel``) the step also has
+        ``step.summed_step(x, y, rows, comm)``: the step of one rank's share ``x``
+        of a global batch of ``rows`` rows, its gradients summed over the ranks
+        with ``comm.sum_inplace`` before the update; it returns what a call does.
         """
         return None
 

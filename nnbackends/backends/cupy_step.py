@@ -100,6 +100,7 @@ class GraphStep:
         self._device_hyper = None  # what ``hyper`` holds for the next step, as the host knows it
         self._rows = 0  # rows queued since the last read
         self.shapes = {}  # key -> (buffers, replay)
+        self.shares = {}  # key -> buffers of a distributed step's shares (``summed_step``)
         self._untried = set()  # keys whose graph has not been launched yet
         # Gradients live in fixed buffers of this step (the per-layer path makes new ones).
         self.grads = [backend.zeros(p.value.shape, p.value.dtype) for p in self.params]
@@ -114,7 +115,10 @@ class GraphStep:
         as a host bool (False: no parameter or state was changed).
         """
         self.queue(x, y)
-        totals = self._read()
+        return self._call_result(self._read())
+
+    def _call_result(self, totals):
+        """``(data_loss, accuracy, finite)`` of the one step whose ``totals`` were read."""
         t = np.dtype(self.model.dtype).type
         accuracy = t(totals[SLOT["last_accuracy"]]) if self.model.batch_metric is not None else None
         return t(totals[SLOT["last_loss"]]), accuracy, not totals[SLOT["failed_step"]]
@@ -122,19 +126,11 @@ class GraphStep:
     def queue(self, x, y):
         """Run one step on the batch ``(x, y)`` without reading anything back."""
         be = self.be
-        for p, g in zip(self.params, self.grads):
-            p.grad = g
-        dtype = self.model.dtype  # that of the graph's buffers
-        x = be._contiguous(x).astype(dtype, copy=False)
-        y = be._contiguous(y).astype(np.int64 if self.plan.classifies and y.ndim == 1 else dtype, copy=False)
-        precision = getattr(self.model.batch_metric, "precision", None)
-        key = (x.shape, y.shape, y.dtype.str, precision)
+        x, y, key, precision = self._operands(x, y)
         self._sync_schedule()
         entry = self.shapes.get(key)
         if entry is None:
-            buffers = _Buffers(be, self.plan, x.shape, y.shape, y.dtype, x.dtype, self.grads, len(self.regularized))
-            be._copy_into(buffers.x, x)
-            be._copy_into(buffers.y, y)
+            buffers = self._new_buffers(x, y)
             body = self._body(buffers, precision)
             body()  # the first call per shape runs eagerly (it also loads every kernel and cuBLAS)
             self.shapes[key] = buffers, self._graph(key, body) if len(self.shapes) < MAX_GRAPHS else body
@@ -144,6 +140,64 @@ class GraphStep:
             be._copy_into(buffers.y, y)
             self._replay(key, buffers, replay, precision)
         self._rows += x.shape[0]
+
+    def _operands(self, x, y):
+        """``(x, y, key, precision)``: the batch as the buffers hold it (the model's dtype; class labels
+        int64), the key of its buffers and the metric's precision. Binds the parameters' gradients."""
+        be = self.be
+        for p, g in zip(self.params, self.grads):
+            p.grad = g
+        dtype = self.model.dtype  # that of the graph's buffers
+        x = be._contiguous(x).astype(dtype, copy=False)
+        y = be._contiguous(y).astype(np.int64 if self.plan.classifies and y.ndim == 1 else dtype, copy=False)
+        precision = getattr(self.model.batch_metric, "precision", None)
+        return x, y, (x.shape, y.shape, y.dtype.str, precision), precision
+
+    def _new_buffers(self, x, y) -> _Buffers:
+        """Buffers for the shape of the batch ``(x, y)``, holding it."""
+        buffers = _Buffers(self.be, self.plan, x.shape, y.shape, y.dtype, x.dtype, self.grads, len(self.regularized))
+        self.be._copy_into(buffers.x, x)
+        self.be._copy_into(buffers.y, y)
+        return buffers
+
+    def summed_step(self, x, y, rows, comm):
+        """The step of one rank's share ``x`` of a global batch of ``rows`` rows (``nnbackends.data_parallel``),
+        as ``(data_loss, accuracy, finite)`` like a call.
+
+        Its launches run without a graph, since the sum over the ranks sits between the gradients and
+        the update: the share's gradients, data loss and accuracy, weighted by its part of the batch,
+        go to one flat buffer that ``comm.sum_inplace`` sums over the ranks, on the device where the MPI
+        library is CUDA-aware (``comm.cuda_aware``), else through host memory. The regularization
+        gradients, the non-finite check and the update then run on what is the same on every rank.
+        """
+        be = self.be
+        x, y, key, precision = self._operands(x, y)
+        b = self.shares.get(key)
+        if b is None:
+            b = self.shares[key] = self._new_buffers(x, y)
+        else:
+            be._copy_into(b.x, x)
+            be._copy_into(b.y, y)
+        self._sync_schedule()
+        if x.shape[0]:
+            self._gradients(b, precision)
+            flat = be.xp.concatenate([*(g.reshape(-1) for g in self.grads), b.result[:2]]) * (x.shape[0] / rows)
+        else:  # an empty share adds nothing
+            flat = be.zeros((sum(g.size for g in self.grads) + 2,), self.model.dtype)
+        if getattr(comm, "cuda_aware", False):
+            be.synchronize()
+            comm.sum_inplace(flat)
+        else:
+            host = be.to_numpy(flat)
+            comm.sum_inplace(host)
+            flat = be.asarray(host)
+        start = 0
+        for g in self.grads:
+            g[...] = flat[start:start + g.size].reshape(g.shape)
+            start += g.size
+        b.result[:2] = flat[start:]
+        self._update(b)
+        return self._call_result(self._read())
 
     def end_epoch(self) -> EpochTotals:
         """Read the totals of the steps queued since the last read (one host read) and clear them."""
@@ -214,6 +268,12 @@ class GraphStep:
             body()
 
     def _run(self, b, precision):
+        self._gradients(b, precision)
+        self._update(b)
+
+    def _gradients(self, b, precision):
+        """Forward, loss, metric, the regularization losses (weights before the update) and backward:
+        the data loss and accuracy in ``b.result``, the gradients in ``self.grads``."""
         be, plan = self.be, self.plan
         for k, p in enumerate(self.regularized):
             be._regularization_loss_into(p.value, b.result[2 + k, ...], p.l1, p.l2, b.work)
@@ -242,6 +302,10 @@ class GraphStep:
                 be._matmul(b.g[i], dense.W.value.T, b.g[i - 1], b.work)
                 saved = b.z[i - 1] if kind in ("relu", "leaky_relu", "linear") else b.h[i - 1]
                 be._activation_backward_into(kind, saved, b.g[i - 1], b.g[i - 1], alpha)
+
+    def _update(self, b):
+        """Regularization gradients, the non-finite check, the step's bookkeeping and the guarded updates."""
+        be, plan = self.be, self.plan
         for p in self.regularized:
             be.regularization_backward(p.value, p.grad, p.l1, p.l2)
         be._flag_nonfinite_many(b.checked, self.nonfinite)
