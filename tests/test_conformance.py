@@ -317,8 +317,8 @@ def package_backend_classes():
 
 
 def parameters(function):
-    """Names, kinds and defaults of a function's parameters (annotations aside)."""
-    return [(p.name, p.kind, p.default) for p in inspect.signature(function).parameters.values()]
+    """Names, kinds and defaults (with their types: 0 is not 0.0) of a function's parameters (annotations aside)."""
+    return [(p.name, p.kind, p.default, type(p.default)) for p in inspect.signature(function).parameters.values()]
 
 
 def test_array_backend_declares_every_kernel():
