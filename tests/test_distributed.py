@@ -15,6 +15,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -350,3 +351,33 @@ def test_the_package_imports_without_mpi4py():
     proc = subprocess.run([sys.executable, "-c", code], env=cli_env(), capture_output=True, text=True, cwd=ROOT,
                           timeout=LIMIT)
     assert proc.stdout.strip() == "ok", proc.stderr
+
+
+@needs_mpi
+@pytest.mark.parametrize("launcher", [[], ["-n", "1"]], ids=["no-mpiexec", "mpiexec-n-1"])
+def test_an_mpi_communicator_of_one_process_changes_nothing(launcher, tmp_path):
+    """MPIComm() alone (no launcher, or mpiexec -n 1) trains exactly what fit without a communicator trains."""
+    code = textwrap.dedent("""
+        import sys
+        import numpy as np
+        from nnbackends import Model
+        from nnbackends.distributed import MPIComm
+        from nnbackends.layers import Dense, ReLU, Softmax
+
+        def fitted(backend, **kwargs):
+            model = Model(backend=backend, seed=1, dtype="float64")
+            model.add(Dense(3, 8)).add(ReLU()).add(Dense(8, 2)).add(Softmax()).compile()
+            r = np.random.default_rng(2)
+            model.fit(r.standard_normal((50, 3)), r.integers(0, 2, 50), epochs=3, batch_size=16, verbose=0, **kwargs)
+            return model.get_weights()
+
+        comm = MPIComm()
+        assert comm.size == 1 and comm.is_root
+        for backend in ("numpy", "numba"):
+            same = all(np.array_equal(a, b) for a, b in zip(fitted(backend, comm=comm), fitted(backend)))
+            print(backend, same)
+    """)
+    command = [MPIEXEC, *launcher, sys.executable, "-c", code] if launcher else [sys.executable, "-c", code]
+    proc = subprocess.run(command, cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=LIMIT)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["numpy", "True", "numba", "True"]
