@@ -217,38 +217,31 @@ def test_loss_gradient(backend, name):
     assert_gradient(analytic, numeric_gradient(objective, p.copy()), f"{name} gradient")
 
 
-@pytest.mark.parametrize("targets", ["integer", "one-hot"])
-def test_fused_softmax_cce_gradient(backend, targets):
-    """softmax_cce_backward equals d cce(softmax(z)) / dz, and the chained unfused gradient."""
+FUSED = {  # fused gradient: (link, loss, targets of shape (6, k) from a generator)
+    "softmax_cce-integer": ("softmax", "cce", lambda r, k: r.integers(0, k, 6)),
+    "softmax_cce-one-hot": ("softmax", "cce", lambda r, k: np.eye(k)[r.integers(0, k, 6)]),
+    "sigmoid_bce": ("sigmoid", "bce", lambda r, k: r.integers(0, 2, (6, k)).astype(float)),
+}
+
+
+@pytest.mark.parametrize("case", list(FUSED))
+def test_fused_link_and_loss_gradient(backend, case):
+    """``<link>_<loss>_backward`` equals d loss(link(z)) / dz, and the chained unfused gradient."""
+    link, loss, targets = FUSED[case]
     rng = np.random.default_rng(8)
     z = rng.standard_normal((6, 4)) * 2
-    labels = rng.integers(0, 4, 6)
-    y_dev = backend.asarray(labels) if targets == "integer" else backend.asarray(np.eye(4)[labels], DTYPE)
+    y = targets(rng, 4)
+    y_dev = backend.asarray(y) if y.dtype.kind == "i" else backend.asarray(y, DTYPE)
+    forward, loss_forward = getattr(backend, link + "_forward"), getattr(backend, loss + "_loss")
 
     def objective(zh):
-        return backend.to_float(backend.cce_loss(backend.softmax_forward(backend.asarray(zh, DTYPE)), y_dev))
+        return backend.to_float(loss_forward(forward(backend.asarray(zh, DTYPE)), y_dev))
 
-    p = backend.softmax_forward(backend.asarray(z, DTYPE))
-    fused = backend.to_numpy(backend.softmax_cce_backward(p, y_dev))
-    assert_gradient(fused, numeric_gradient(objective, z.copy()), "fused softmax+CCE gradient")
-    chained = backend.to_numpy(backend.softmax_backward(p, backend.cce_backward(p, y_dev)))
-    np.testing.assert_allclose(fused, chained, rtol=1e-10, atol=1e-12)
-
-
-def test_fused_sigmoid_bce_gradient(backend):
-    """sigmoid_bce_backward equals d bce(sigmoid(z)) / dz, and the chained unfused gradient."""
-    rng = np.random.default_rng(9)
-    z = rng.standard_normal((6, 3)) * 2
-    y_dev = backend.asarray(rng.integers(0, 2, (6, 3)).astype(float), DTYPE)
-
-    def objective(zh):
-        return backend.to_float(backend.bce_loss(backend.sigmoid_forward(backend.asarray(zh, DTYPE)), y_dev))
-
-    p = backend.sigmoid_forward(backend.asarray(z, DTYPE))
-    fused = backend.to_numpy(backend.sigmoid_bce_backward(p, y_dev))
-    assert_gradient(fused, numeric_gradient(objective, z.copy()), "fused sigmoid+BCE gradient")
-    chained = backend.to_numpy(backend.sigmoid_backward(p, backend.bce_backward(p, y_dev)))
-    np.testing.assert_allclose(fused, chained, rtol=1e-10, atol=1e-12)
+    p = forward(backend.asarray(z, DTYPE))
+    fused = backend.to_numpy(getattr(backend, f"{link}_{loss}_backward")(p, y_dev))
+    assert_gradient(fused, numeric_gradient(objective, z.copy()), f"fused {link}+{loss} gradient")
+    chained = getattr(backend, link + "_backward")(p, getattr(backend, loss + "_backward")(p, y_dev))
+    np.testing.assert_allclose(fused, backend.to_numpy(chained), rtol=1e-10, atol=1e-12)
 
 
 # ---------------------------------------------------------------------- whole model
