@@ -87,7 +87,7 @@ def check_output_path(path, what, example="model.safetensors") -> str:
     path = os.fspath(path)
     where = f"{what} {path!r}"
     if os.path.isdir(path) or path.endswith(tuple(filter(None, (os.sep, os.altsep)))):
-        raise IsADirectoryError(f"{where} names a folder, not a file; name a file in it, e.g. "
+        raise IsADirectoryError(f"{where}: that is a folder, not a file; name a file in it, e.g. "
                                 f"{os.path.join(path, example)!r}.")
     folder = os.path.dirname(os.path.abspath(path))
     if os.path.exists(folder) and not os.path.isdir(folder):

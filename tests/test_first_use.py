@@ -95,12 +95,12 @@ def test_output_paths_are_checked_before_training(tmp_path):
     (tmp_path / "folder").mkdir()
     (tmp_path / "file").write_text("")
     for args, fragments in [
-        (["--save", "folder"], ["names a folder", "folder/model.safetensors"]),
+        (["--save", "folder"], ["that is a folder, not a file", "folder/model.safetensors"]),
         (["--save", "file/m.safetensors"], ["is a file, not a folder"]),
         (["--plot", "missing/run.png"], ["does not exist"]),
         (["--plot", "run.gif"], [".gif is not a picture format", ".png"]),
         (["--csv-log", "missing/log.csv"], ["--csv-log", "does not exist"]),
-        (["--checkpoint", "folder/"], ["names a folder"]),
+        (["--checkpoint", "folder/"], ["that is a folder"]),
     ]:
         proc = run_cli("train", "--epochs", "100000", "--backend", "numpy", *args, cwd=tmp_path)
         one_line_error(proc, *fragments)
