@@ -1125,7 +1125,9 @@ def run_batch(X, Y, orders, epoch, lo, hi, xb, yb):
         return X[lo:hi], Y[lo:hi]
     for i in range(hi - lo):
         r = orders[epoch, lo + i]
-        xb[i] = X[r]
+        row, into = X[r], xb[i]
+        for j in range(row.size):  # as a loop it vectorizes: ``xb[i] = X[r]`` copied at half the speed
+            into[j] = row[j]
         yb[i] = Y[r]
     return xb[:hi - lo], yb[:hi - lo]
 
