@@ -46,7 +46,11 @@ def keyed_by_index(class_weight, classes) -> dict:
     if not isinstance(class_weight, dict):
         return class_weight  # the weights' own check names the type
     index = {c: i for i, c in enumerate(classes)}
-    return {index.get(k, k) if isinstance(k, (str, bool, int, np.generic)) else k: w for k, w in class_weight.items()}
+    unknown = [k for k in class_weight if k not in index and not isinstance(k, (int, np.integer))]
+    if unknown:
+        raise ValueError(f"class_weight names the class {unknown[0]!r}, which is not one of the model's classes "
+                         f"({_shown(classes)}).")
+    return {index.get(k, k): w for k, w in class_weight.items()}
 
 
 def learn_classes(name, y, n_classes) -> list:

@@ -15,7 +15,6 @@ import numpy as np
 from . import data_parallel, labels, model_state
 from .backends import Backend, get_backend
 from .distributed import as_comm, guarded
-from .errors import ModelFileError
 from .history import History
 from .layers import Dense, Layer, Softmax, activation
 from .losses import CategoricalCrossentropy, get_loss, sample_shares
@@ -458,9 +457,7 @@ def load_model(path, backend=None) -> Model:
     """
     tensors, metadata = read_model_file(path)
     backend = get_backend(backend)  # its errors are not the file's
-    try:
+    where = repr(os.fspath(path))
+    with model_state.reading(where):
         model = Model(backend=backend, dtype=metadata["dtype"])
-    except (KeyError, TypeError, ValueError) as exc:
-        detail = f"missing key {exc}" if isinstance(exc, KeyError) else str(exc)
-        raise ModelFileError(f"{os.fspath(path)!r} has invalid model metadata: {detail}") from None
-    return model_state.restore(model, tensors, metadata, repr(os.fspath(path)))
+    return model_state.restore(model, tensors, metadata, where)

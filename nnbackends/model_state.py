@@ -9,6 +9,7 @@ trained. It works on a model it is given and never imports ``Model``.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 
 from .errors import ModelFileError
@@ -48,7 +49,7 @@ def contents(model, include_optimizer=True) -> tuple[dict, dict]:
 def restore(model, tensors, metadata, where):
     """Build the empty ``model`` (of the file's dtype) into the one the file holds; ``where`` names the
     file in a ``ModelFileError``. ``tensors`` loses the preprocessing step's arrays."""
-    try:
+    with reading(where):
         for spec in json.loads(metadata["layers"]):
             model.add(from_config(spec["class"], spec["config"]))
         metric = json.loads(metadata["metric"])
@@ -65,9 +66,6 @@ def restore(model, tensors, metadata, where):
             model.optimizer.restore_training_state(training)
             model.epochs_trained = int(training["epochs"])
             model.rng.bit_generator.state = training["generator"]
-    except (KeyError, TypeError, ValueError) as exc:
-        detail = f"missing key {exc}" if isinstance(exc, KeyError) else str(exc)
-        raise ModelFileError(f"{where} has invalid model metadata: {detail}") from None
     expected = {**_weights(model), **(optimizer_state(model) if training is not None else {})}
     missing = sorted(set(expected) - set(tensors))
     extra = sorted(set(tensors) - set(expected))
@@ -80,6 +78,17 @@ def restore(model, tensors, metadata, where):
                                  f"but the architecture needs {array.shape}.")
         array[...] = model.backend.asarray(tensors[name], model.dtype)
     return model
+
+
+@contextlib.contextmanager
+def reading(where):
+    """A block that reads a file's metadata: a missing key or a bad value in it is a ``ModelFileError``
+    naming the file ``where``."""
+    try:
+        yield
+    except (KeyError, TypeError, ValueError) as exc:
+        detail = f"missing key {exc}" if isinstance(exc, KeyError) else str(exc)
+        raise ModelFileError(f"{where} has invalid model metadata: {detail}") from None
 
 
 def optimizer_state(model) -> dict:

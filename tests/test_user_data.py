@@ -228,3 +228,15 @@ def test_the_onnx_file_standardizes_and_a_state_dict_says_it_cannot(tmp_path):
     np.testing.assert_allclose(got, model.predict(X * 50 + 7), rtol=1e-5, atol=1e-6)
     with pytest.raises(ExportError, match="has no place for the model's Standardize"):
         to_torch_state_dict(model)
+
+
+def test_class_weight_takes_class_names():
+    X, y = named_spiral()
+    by_name, by_sample = classifier(), classifier()
+    by_name.fit(X, y, epochs=3, verbose=0, class_weight={"virginica": 3.0, "setosa": 0.5})
+    by_sample.fit(X, y, epochs=3, verbose=0, sample_weight=np.select([y == "virginica", y == "setosa"], [3.0, 0.5], 1.0))
+    for a, b in zip(by_name.get_weights(), by_sample.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="class_weight names the class 'rose', which is not one of the model's"):
+        by_name.fit(X, y, verbose=0, class_weight={"rose": 2.0})
+
