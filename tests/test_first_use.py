@@ -210,8 +210,10 @@ def test_a_workload_whose_data_needs_an_extra_is_skipped_with_the_install_comman
     from nnbackends import datasets
     from nnbackends.bench import cases, report, runner
 
+    why = 'load_digits needs scikit-learn, which is not installed: pip install "nnbackends[datasets]"'
+
     def no_sklearn():
-        raise ImportError('load_digits needs scikit-learn, which is not installed: pip install "nnbackends[datasets]"')
+        raise ImportError(why)
 
     monkeypatch.setattr(datasets, "load_digits", no_sklearn)
     cases.load_data.cache_clear()
@@ -221,7 +223,7 @@ def test_a_workload_whose_data_needs_an_extra_is_skipped_with_the_install_comman
     finally:
         cases.load_data.cache_clear()
     assert result["errors"] == [] and [r["workload"] for r in result["results"]] == ["spiral"]
-    assert result["skipped"] == [{"work": "train digits", "reason": no_sklearn.__code__.co_consts[1]}]
+    assert result["skipped"] == [{"work": "train digits", "reason": why}]
     assert 'train digits: skipped: load_digits needs scikit-learn' in report.format_table(result)
 
 
