@@ -168,9 +168,9 @@ def scale_hint(X, y, first_loss, task) -> str | None:
     baseline = float(np.var(y, axis=0).mean()) if task == "regression" else math.log(max(2, len(np.unique(y))))
     if largest <= 100 or not first_loss > 10 * baseline:
         return None
+    what = "the targets' variance" if task == "regression" else "that of equal odds"
     return (f"hint: the features reach {largest:g} and the first epoch's loss ({first_loss:.4g}) is far above "
-            f"{'the targets' + chr(39) + ' variance' if task == 'regression' else 'that of equal odds'} "
-            f"({baseline:.4g}); try --standardize.")
+            f"{what} ({baseline:.4g}); try --standardize.")
 
 
 #: Optimizer options, and the optimizers they apply to.

@@ -81,14 +81,14 @@ def availability(names) -> dict[str, str | None]:
     return {n: torch_unavailable_reason(n) if n in PEERS else unavailable_reason(n) for n in names}
 
 
-def make_groups(plan: Plan, runnable, skipped=None):
+def make_groups(plan: Plan, runnable, skipped):
     """[(title, [cases])]: the cases of one piece of work, for every runnable backend. A training
-    workload whose data cannot load here goes to ``skipped`` as ``{"work": title, "reason": why}``."""
+    workload whose data cannot load here goes to the list ``skipped`` as ``{"work": ..., "reason": why}``."""
     groups = []
     if plan.suite in ("train", "all"):
         for w in WORKLOADS.values():
             reason = data_unavailable_reason(w, plan.smoke) if plan.wanted(w.name) else None
-            if reason and skipped is not None:
+            if reason:
                 skipped.append({"work": f"train {w.name}", "reason": reason})
             elif plan.wanted(w.name):
                 groups.append((f"train {w.name} ({w.description}, {w.size})", [
