@@ -27,7 +27,8 @@ def cmd_eval(args) -> int:
 
 def cmd_predict(args) -> int:
     model = load_model(args.model, backend=args.backend)
-    features = data_files.load_features(args.input, label_column(model, args), args.delimiter, args.missing)
+    by_name = model.label_name_ if args.label_column is None else None  # the label column the model was trained on
+    features = data_files.load_features(args.input, args.label_column, args.delimiter, args.missing, by_name)
     report_dropped(args, features.dropped, args.input)
     check_columns(model, args.input, features.names)
     values = features.values
@@ -43,14 +44,6 @@ def cmd_predict(args) -> int:
         data_files.save_csv(args.output, names, rows)
         echo(args, f"wrote {len(rows)} predictions to {args.output}")
     return 0
-
-
-def label_column(model, args):
-    """The column of the input file to leave out: ``--label-column``, else the model's label column by name."""
-    if args.label_column is not None:
-        return args.label_column
-    header = data_files.read_header(args.input, args.delimiter) if model.label_name_ else None
-    return model.label_name_ if header and model.label_name_ in header else None
 
 
 def check_columns(model, path, names) -> None:

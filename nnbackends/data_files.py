@@ -176,21 +176,19 @@ def read_csv(path, delimiter=None, missing="error"):
     return names, values
 
 
-def load_features(path, drop_column=None, delimiter=None, missing="error") -> Features:
+def load_features(path, drop_column=None, delimiter=None, missing="error", drop_if_present=None) -> Features:
     """The numeric columns of a CSV file but ``drop_column`` (a header name or an index, as in
-    ``column_index``; None keeps every column), which may hold anything, such as string labels."""
+    ``column_index``; None keeps every column), which may hold anything, such as string labels.
+    ``drop_if_present``: a column name left out too where the file's header has it."""
     table = _read_table(path, delimiter)
     columns = list(range(table.width))
     if drop_column is not None:
         columns.remove(column_index(table.header, table.width, drop_column))
+    if drop_if_present is not None and table.header and drop_if_present in table.header:
+        columns.remove(table.header.index(drop_if_present))
     values, _, keep = _convert(table, columns, None, missing)
     names = [table.header[j] for j in columns] if table.header else None
     return Features(names, values[keep], int(len(keep) - keep.sum()))
-
-
-def read_header(path, delimiter=None) -> list[str] | None:
-    """The column names of a CSV file, or None when its first row is data (see the module's docstring)."""
-    return _read_table(path, delimiter).header
 
 
 def column_index(header, width, column) -> int:
