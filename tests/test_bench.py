@@ -185,42 +185,54 @@ def test_threads_limit_blas_during_the_run_only():
     assert report["plan"]["threads"] == 1 and "--threads 1" in report["plan"]["command"]
 
 
-def test_cases_on_one_thread_pool_take_rounds_in_turn_and_other_pools_run_apart():
-    from nnbackends.bench.runner import measure
+class FakeCase:
+    """A case whose rounds write their name to ``events`` and take 1 ms a call."""
 
-    log = []
+    suite = "train"
 
-    class Fake:
-        def __init__(self, name, pool):
-            self.name, self.pool = name, pool
+    def __init__(self, events, backend, pool):
+        self.events, self.backend, self.pool, self.workload = events, backend, pool, "spiral"
 
-        def timed_run(self, number):
-            log.append(self.name)
-            return number, 0.001 * number
-
-    cases = [Fake("numba", "blas"), Fake("numpy", "blas"), Fake("torch", "torch")]
-    times = measure(cases, repeats=3, min_round_s=0.0)  # no calibration calls: one call per round
-    assert log == ["numba", "numpy"] * 3 + ["torch"] * 3
-    assert all(times[id(c)] == [0.001] * 3 for c in cases)
+    def timed_run(self, number):
+        self.events.append(self.backend)
+        return number, 0.001 * number
 
 
-def test_each_pool_block_starts_after_a_rest(monkeypatch):
-    """The previous pool's threads get ``idle_s`` to stop spinning before the next pool's block."""
+def test_cases_take_rounds_in_turn_with_a_rest_where_the_thread_pool_changes(monkeypatch):
+    """Round k of every case, then round k+1, cases grouped by pool; the pool left behind gets
+    ``idle_s`` to stop spinning before another pool's round (none between cases on one pool)."""
     from nnbackends.bench import runner
 
     events = []
     monkeypatch.setattr(runner.time, "sleep", lambda s: events.append(("rest", s)))
+    cases = [FakeCase(events, "numba", "blas"), FakeCase(events, "torch", "torch"), FakeCase(events, "numpy", "blas")]
+    times = runner.measure(cases, repeats=2, min_round_s=0.0, idle_s=0.5)  # no calibration calls
+    one_round = [("rest", 0.5), "numba", "numpy", ("rest", 0.5), "torch"]
+    assert events == [("rest", 0.5), ("rest", 0.5)] + one_round * 2
+    assert all(times[id(c)] == [0.001] * 2 for c in cases)
 
-    class Fake:
-        def __init__(self, name, pool):
-            self.name, self.pool = name, pool
 
-        def timed_run(self, number):
-            events.append(self.name)
-            return number, 0.001
+def test_each_pytorch_round_is_followed_by_the_same_round_alone(monkeypatch):
+    from nnbackends.bench import runner
 
-    runner.measure([Fake("numpy", "blas"), Fake("torch", "torch")], repeats=2, min_round_s=0.0, idle_s=0.5)
-    assert events == [("rest", 0.5), "numpy", "numpy", ("rest", 0.5), "torch", "torch"]
+    events = []
+    monkeypatch.setattr(runner.time, "sleep", lambda s: events.append("rest"))
+
+    class Alone:
+        pairs = []
+
+        def wants(self, case):
+            return case.backend == "torch"
+
+        def round(self, case, number, seconds):
+            events.append("alone")
+            self.pairs.append((case.backend, number, seconds))
+
+    alone = Alone()
+    cases = [FakeCase(events, "numpy", "blas"), FakeCase(events, "torch", "torch")]
+    runner.measure(cases, repeats=2, min_round_s=0.0, idle_s=0.5, alone=alone)
+    assert events[2:] == ["rest", "numpy", "rest", "torch", "rest", "alone"] * 2
+    assert alone.pairs == [("torch", 1, 0.001)] * 2
 
 
 def test_user_view_rows_and_ratios(report):
@@ -233,18 +245,32 @@ def test_user_view_rows_and_ratios(report):
     assert all("user_fit_s" not in r for r in rows(report, workload="spiral"))
 
 
-def test_peer_check_agreement_names_rows_beyond_ten_percent():
+def test_peer_check_compares_each_round_with_the_alone_round_after_it():
+    """The verdict is the median of the per-round ratios: a drift that slows a suite round and the
+    alone round after it alike (the third pair) falls out, where a ratio of medians would not."""
     from nnbackends.bench.peer_check import agreement
     from nnbackends.bench.report import _peer_check_lines
 
-    results = [{"backend": "torch", "suite": "train", "workload": w, "median_s": m}
-               for w, m in (("spiral", 1.05), ("digits", 1.5))] + \
-              [{"backend": "numba", "suite": "train", "workload": "spiral", "median_s": 0.1}]
-    check = agreement(results, {"spiral": 1.0, "digits": 1.0})
-    assert [(c["workload"], round(c["ratio"], 2), c["agrees"]) for c in check] == \
-        [("spiral", 1.05, True), ("digits", 1.5, False)]
+    check = agreement({"spiral": [(1.0, 1.0), (1.1, 1.0), (3.0, 3.0), (1.0, 0.95)],
+                       "digits": [(1.5, 1.0), (1.4, 1.0), (1.6, 1.0)]})
+    assert [(c["workload"], c["rounds"], round(c["ratio"], 3), c["agrees"]) for c in check] == \
+        [("spiral", 4, 1.026, True), ("digits", 3, 1.5, False)]
+    assert check[1]["suite_median_s"] == 1.5 and check[1]["alone_median_s"] == 1.0
     (line,) = _peer_check_lines(check)
-    assert "digits 1.50x (DISAGREES)" in line and "NOT all within 10%" in line
+    assert "digits 1.50x (rounds 1.40-1.60) DISAGREES" in line and "NOT all within 10%" in line
+
+
+def test_the_alone_process_times_the_rounds_it_is_asked_for():
+    pytest.importorskip("torch")
+    from nnbackends.bench.peer_check import serve
+
+    answers = []
+    request = {"workload": "spiral", "dtype": "float32", "smoke": True, "threads": 1}
+    serve([json.dumps({**request, "number": 3}), json.dumps({**request, "number": 2}),
+           json.dumps({**request, "workload": "nope", "number": 1})], answers.append)
+    first, second, bad = map(json.loads, answers)
+    assert first["done"] == 3 and second["done"] == 2 and first["seconds"] > 0
+    assert bad == {"error": "KeyError: 'nope'"}
 
 
 def test_the_pytorch_alone_check_runs_in_the_report(report):
@@ -252,7 +278,7 @@ def test_the_pytorch_alone_check_runs_in_the_report(report):
         pytest.skip("PyTorch is not installed")
     check = report["torch_alone"]
     assert isinstance(check, list) and {c["workload"] for c in check} == {"spiral", "mnist-shaped"}
-    assert all(c["alone_median_s"] > 0 for c in check)
+    assert all(c["alone_median_s"] > 0 and c["rounds"] == 1 for c in check)
 
 
 def test_the_old_kernel_list_name_still_works_with_a_deprecation():

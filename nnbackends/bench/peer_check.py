@@ -1,47 +1,122 @@
-"""Is the PyTorch row fair? PyTorch timed again alone, in a process of its own, in the same run.
+"""Is the PyTorch row fair? PyTorch timed again alone, in a process of its own, round for round.
 
 Thread pools that spin after their last call (OpenBLAS's, OpenMP's) can slow
 whatever runs next on the same cores, so the suite lets each pool go idle
-before a block of rounds. This check shows whether that was enough: the
-PyTorch rows of the run against PyTorch timed in a fresh process that loads
-no other numeric library's pool.
+before a block of rounds. This check shows whether that was enough: after each
+of the suite's PyTorch rounds, a second process that loads no other numeric
+library's pool runs the same round of the same work. Each suite round is
+compared with the alone round right after it: a shared machine's speed drifts
+by tens of percent over seconds, and pairs of neighbouring rounds see the same
+machine, where two runs a minute apart need not.
+
+``main`` is that second process: it reads one round request per line on stdin
+and answers each with a line of JSON on stdout.
 """
 from __future__ import annotations
 
 import json
-import os
+import statistics
 import subprocess
 import sys
-import tempfile
+
+from .cases import TORCH, WORKLOADS, TorchTrainCase
 
 #: How far the suite's PyTorch row may be from PyTorch timed alone and still count as agreeing.
 AGREEMENT = 0.10
 
 
-def torch_alone(plan, workloads, timeout=1800) -> dict:
-    """``{workload: median_s}`` of the PyTorch peer alone on the training ``workloads`` of ``plan``,
-    or ``{"error": why}`` when the separate run failed."""
-    with tempfile.TemporaryDirectory() as folder:
-        path = os.path.join(folder, "alone.json")
-        command = [sys.executable, "-m", "nnbackends", "bench", "--suite", "train", "--backends", "torch",
-                   "--workloads", ",".join(workloads), "--dtype", plan.dtype, "--json", path, "--no-peer-check"]
-        command += ["--quick"] * plan.quick + ["--smoke"] * plan.smoke
-        command += ["--threads", str(plan.threads)] if plan.threads else []
-        proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
-        if proc.returncode != 0:
-            return {"error": (proc.stderr.strip().splitlines() or ["no output"])[-1]}
-        with open(path) as f:
-            report = json.load(f)
-    return {r["workload"]: r["median_s"] for r in report["results"]}
+class PeerCheckFailed(RuntimeError):
+    """The second process could not time a round (the suite goes on without the check)."""
 
 
-def agreement(results, alone) -> list[dict]:
-    """Per PyTorch training row: its median, PyTorch's alone, their ratio and whether they agree."""
+class TorchAlone:
+    """The second process: ``round(case, number, seconds)`` times ``number`` steps of ``case``'s work
+    there, right after the suite timed the same round in ``seconds`` per step.
+
+    Use as a context manager; the process ends with it. The first round of a
+    workload also sets it up there (data, network, a first step and an untimed
+    round), as the suite's calibration warms its own case.
+    """
+
+    def __enter__(self):
+        self.pairs: dict[str, list[tuple[float, float]]] = {}  # workload -> (suite, alone) s/step per round
+        self.proc = subprocess.Popen([sys.executable, "-c", f"from {__name__} import main; main()"],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     text=True)
+        return self
+
+    def __exit__(self, *exc):
+        self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+    def wants(self, case) -> bool:
+        """Whether ``case`` is one this check times again (PyTorch on the CPU, training)."""
+        return case.backend == TORCH and case.suite == "train"
+
+    def round(self, case, number, seconds):
+        """Time ``number`` steps of ``case``'s work in the second process, paired with the suite's
+        ``seconds`` per step of the same round."""
+        request = {"workload": case.workload, "dtype": case.dtype, "smoke": case.smoke,
+                   "threads": case.threads, "number": number}
+        try:
+            self.proc.stdin.write(json.dumps(request) + "\n")
+            self.proc.stdin.flush()
+            answer = self.proc.stdout.readline()
+        except OSError as exc:
+            raise PeerCheckFailed(f"the PyTorch-alone process ended: {exc}") from exc
+        if not answer:
+            raise PeerCheckFailed(f"the PyTorch-alone process ended: {self._last_error()}")
+        answer = json.loads(answer)
+        if "error" in answer:
+            raise PeerCheckFailed(answer["error"])
+        self.pairs.setdefault(case.workload, []).append((seconds, answer["seconds"] / answer["done"]))
+
+    def _last_error(self):
+        self.proc.kill()
+        lines = self.proc.stderr.read().strip().splitlines()
+        return lines[-1] if lines else f"exit status {self.proc.wait()}"
+
+
+def agreement(pairs) -> list[dict]:
+    """Per workload of ``pairs`` (``TorchAlone.pairs``): the medians of the suite's and the alone
+    rounds, and the ratio that decides: the median over rounds of suite / alone, each round against
+    the one right after it, so that the machine's drift between rounds falls out; its quartiles show
+    how far single rounds scatter."""
     rows = []
-    for r in results:
-        if r["backend"] == "torch" and r["suite"] == "train" and r["workload"] in alone:
-            ratio = r["median_s"] / alone[r["workload"]]
-            rows.append({"workload": r["workload"], "suite_median_s": r["median_s"],
-                         "alone_median_s": alone[r["workload"]], "ratio": ratio,
-                         "agrees": abs(ratio - 1.0) <= AGREEMENT})
+    for workload, rounds in pairs.items():
+        ratios = [suite / alone for suite, alone in rounds]
+        ratio = statistics.median(ratios)
+        low, _, high = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratio] * 3
+        rows.append({"workload": workload, "rounds": len(rounds),
+                     "suite_median_s": statistics.median(s for s, _ in rounds),
+                     "alone_median_s": statistics.median(a for _, a in rounds),
+                     "ratio": ratio, "ratio_quartiles": [low, high], "agrees": abs(ratio - 1.0) <= AGREEMENT})
     return rows
+
+
+def serve(lines, write):
+    """The second process's loop: a round of each request in ``lines``, its answer to ``write``."""
+    cases = {}
+    for line in lines:
+        request = json.loads(line)
+        key = (request["workload"], request["dtype"], request["smoke"], request["threads"])
+        try:
+            if key not in cases:
+                cases[key] = TorchTrainCase(WORKLOADS[key[0]], TORCH, *key[1:])
+                cases[key].setup()
+                cases[key].run(request["number"])
+            done, seconds = cases[key].timed_run(request["number"])
+            answer = {"done": done, "seconds": seconds}
+        except Exception as exc:  # the suite reports it; this process stays ready
+            answer = {"error": f"{type(exc).__name__}: {exc}"}
+        write(json.dumps(answer) + "\n")
+
+
+def main():
+    def write(text):
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    serve(sys.stdin, write)

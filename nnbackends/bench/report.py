@@ -67,9 +67,10 @@ def _peer_check_lines(check) -> list[str]:
         return []
     if "error" in check:
         return [f"PyTorch alone: not timed ({check['error']})"]
-    cells = [f"{c['workload']} {c['ratio']:.2f}x{'' if c['agrees'] else ' (DISAGREES)'}" for c in check]
+    cells = [f"{c['workload']} {c['ratio']:.2f}x (rounds {c['ratio_quartiles'][0]:.2f}-{c['ratio_quartiles'][1]:.2f})"
+             f"{'' if c['agrees'] else ' DISAGREES'}" for c in check]
     verdict = "all within 10%" if all(c["agrees"] for c in check) else "NOT all within 10%"
-    return [f"PyTorch rows / PyTorch alone in its own process: {', '.join(cells)}: {verdict}"]
+    return [f"PyTorch in the suite / PyTorch alone in its own process, round for round: {', '.join(cells)}: {verdict}"]
 
 
 def row_key(r):

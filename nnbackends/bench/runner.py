@@ -16,7 +16,7 @@ from ..backends import get_backend, registered_backends, unavailable_reason
 from ..backends.autotune import cpu_name
 from .cases import (BENCH_KERNELS, KERNEL_SIZES, PEERS, QUICK_SIZES, TORCH, TORCH_INSTALL, WARMUP_SECONDS,
                     WORKLOADS, KernelCase, TorchTrainCase, TrainCase, data_unavailable_reason)
-from .peer_check import agreement, torch_alone
+from .peer_check import PeerCheckFailed, TorchAlone, agreement
 
 
 SCHEMA = 1
@@ -31,7 +31,7 @@ class Plan:
     quick: bool = False
     smoke: bool = False  # tiny sizes, one round: checks the suite runs, figures mean nothing
     threads: int | None = None  # None: every library's default (as many as cores)
-    peer_check: bool = True  # time PyTorch again in a process of its own (``peer_check``)
+    peer_check: bool = True  # time PyTorch again in a process of its own, round for round (``peer_check``)
 
     @property
     def repeats(self):
@@ -117,43 +117,63 @@ def calibrate(case, min_round_s) -> int:
     return number
 
 
-def blocks(cases, idle_s):
-    """The cases by thread pool, each pool's block after ``idle_s`` seconds of rest (the previous
-    pool's threads stop spinning), in the order the pools first appear."""
-    for pool in dict.fromkeys(c.pool for c in cases):
-        time.sleep(idle_s)
-        yield [c for c in cases if c.pool == pool]
+class Rests:
+    """Sleeps ``idle_s`` whenever the work moves to another thread pool, so that the pool left
+    behind (OpenBLAS's, OpenMP's workers spin for a while after each call) is idle first."""
+
+    def __init__(self, idle_s):
+        self.idle_s, self.pool = idle_s, None
+
+    def enter(self, pool):
+        if pool != self.pool:
+            time.sleep(self.idle_s)
+            self.pool = pool
 
 
-def measure(cases, repeats, min_round_s, idle_s=0.0) -> dict:
+def by_pool(cases):
+    """The cases grouped by thread pool (``Case.pool``), pools in the order they first appear."""
+    pools = list(dict.fromkeys(c.pool for c in cases))
+    return sorted(cases, key=lambda c: pools.index(c.pool))
+
+
+def measure(cases, repeats, min_round_s, idle_s=0.0, alone=None) -> dict:
     """Per case the per-call times of ``repeats`` rounds.
 
-    Cases whose work runs on one thread pool (``Case.pool``: NumPy and Numba share
-    OpenBLAS's) take their rounds in turn, round k of each, then round k+1: a
+    The cases take their rounds in turn, round k of each, then round k+1: a
     shared machine's speed drifts for seconds at a time, and taking turns lets
     that drift weigh on each of them alike, so the ratios between them hold.
-    Cases on another pool run in a block of their own, after a rest of ``idle_s``
-    and a calibration, so that the previous pool's spinning threads are idle
-    (taking turns across pools made each slow the other).
+    Cases on one thread pool (NumPy and Numba share OpenBLAS's) follow each
+    other directly; where the next case runs on another pool, a rest of
+    ``idle_s`` comes first, so that each pool's rounds start with the others
+    idle. A case that ``alone`` (a ``peer_check.TorchAlone``) wants has each
+    of its rounds followed by the same round there (a pool of its own).
     """
+    order, rests = by_pool(cases), Rests(idle_s)
+    numbers = {}
+    for c in order:
+        rests.enter(c.pool)
+        numbers[id(c)] = calibrate(c, min_round_s)
     times = {id(c): [] for c in cases}
-    for group in blocks(cases, idle_s):
-        numbers = [calibrate(c, min_round_s) for c in group]
-        for _ in range(repeats):
-            for c, number in zip(group, numbers):
-                done, seconds = c.timed_run(number)
-                times[id(c)].append(seconds / done)
+    for _ in range(repeats):
+        for c in order:
+            rests.enter(c.pool)
+            done, seconds = c.timed_run(numbers[id(c)])
+            times[id(c)].append(seconds / done)
+            if alone is not None and alone.wants(c):
+                rests.enter("alone")
+                alone.round(c, done, seconds / done)
     return times
 
 
 def measure_user_view(cases, repeats, idle_s=0.0) -> dict:
-    """Per training case with a user view, the seconds of ``repeats`` user-view fits (pools as in ``measure``)."""
-    times = {id(c): [] for c in cases}
-    for group in blocks([c for c in cases if getattr(c, "user_rows", lambda: None)()], idle_s):
-        for _ in range(repeats):
-            for c in group:
-                times[id(c)].append(c.user_fit())
-    return {key: value for key, value in times.items() if value}
+    """Per training case with a user view, the seconds of ``repeats`` user-view fits (in turn, as in ``measure``)."""
+    order, rests = by_pool([c for c in cases if getattr(c, "user_rows", lambda: None)()]), Rests(idle_s)
+    times = {id(c): [] for c in order}
+    for _ in range(repeats):
+        for c in order:
+            rests.enter(c.pool)
+            times[id(c)].append(c.user_fit())
+    return times
 
 
 def summarize(case, per_call, dtype, user_fits=None) -> dict:
@@ -271,6 +291,20 @@ def run(plan: Plan, progress=None) -> dict:
         return _run(plan, names, reasons, progress)
 
 
+def set_up(cases, title, errors, say) -> list:
+    """The cases whose ``setup`` worked; each failure goes to ``errors`` (one backend failing must
+    not hide the others' figures)."""
+    ready = []
+    for case in cases:
+        try:
+            case.setup()
+            ready.append(case)
+        except Exception as exc:
+            errors.append({"work": title, "backend": case.backend, "error": f"{type(exc).__name__}: {exc}"})
+            say(f"  {case.backend} failed: {type(exc).__name__}: {exc}")
+    return ready
+
+
 def _run(plan, names, reasons, progress):
     say = progress or (lambda text: None)
     start = time.perf_counter()
@@ -286,28 +320,27 @@ def _run(plan, names, reasons, progress):
     groups = make_groups(plan, runnable, skipped)
     for skip in skipped:
         say(f"{skip['work']}: skipped: {skip['reason']}")
-    results, errors = [], []
-    for index, (title, cases) in enumerate(groups, 1):
-        say(f"[{index}/{len(groups)}] {title}: {', '.join(c.backend for c in cases)} "
-            f"({time.perf_counter() - start:.0f} s)")
-        ready = []
-        for case in cases:
+    checked = plan.peer_check and len(runnable) > 1 and any(
+        c.backend == TORCH and c.suite == "train" for _, cases in groups for c in cases)
+    if checked:
+        say("PyTorch rounds are each followed by the same round in a process of its own (--no-peer-check: not)")
+    results, errors, check = [], [], None
+    with TorchAlone() if checked else contextlib.nullcontext() as alone:
+        for index, (title, cases) in enumerate(groups, 1):
+            say(f"[{index}/{len(groups)}] {title}: {', '.join(c.backend for c in cases)} "
+                f"({time.perf_counter() - start:.0f} s)")
+            ready = set_up(cases, title, errors, say)
             try:
-                case.setup()
-                ready.append(case)
-            except Exception as exc:  # one backend failing must not hide the others' figures
-                errors.append({"work": title, "backend": case.backend, "error": f"{type(exc).__name__}: {exc}"})
-                say(f"  {case.backend} failed: {type(exc).__name__}: {exc}")
-        times = measure(ready, plan.repeats, plan.min_round_s, plan.idle_s)
-        user = measure_user_view(ready, 1 if plan.smoke else 3 if plan.quick else 5, plan.idle_s)
-        results += [summarize(c, times[id(c)], plan.dtype, user.get(id(c))) for c in ready]
+                times = measure(ready, plan.repeats, plan.min_round_s, plan.idle_s, alone)
+            except PeerCheckFailed as exc:  # the PyTorch-alone process failed: time the rest without it
+                say(f"  PyTorch alone failed: {exc}; timing without it")
+                check, alone = {"error": str(exc)}, None
+                times = measure(ready, plan.repeats, plan.min_round_s, plan.idle_s)
+            user = measure_user_view(ready, 1 if plan.smoke else 3 if plan.quick else 5, plan.idle_s)
+            results += [summarize(c, times[id(c)], plan.dtype, user.get(id(c))) for c in ready]
     peak = max(peak, measure_peak(plan.quick, plan.smoke), key=lambda p: p["gflops_per_s"])
-    torch_rows = [r["workload"] for r in results if r["backend"] == TORCH and r["suite"] == "train"]
-    check = None
-    if plan.peer_check and torch_rows and len({r["backend"] for r in results}) > 1:
-        say("timing PyTorch again, alone in a process of its own ...")
-        alone = torch_alone(plan, torch_rows)
-        check = alone if "error" in alone else agreement(results, alone)
+    if alone is not None:
+        check = agreement(alone.pairs) or None  # None: no PyTorch round ran
     versions = {name: get_backend(name).describe() for name in runnable if name not in PEERS}
     for peer in PEERS:
         if peer in runnable:
