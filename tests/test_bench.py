@@ -246,18 +246,45 @@ def test_user_view_rows_and_ratios(report):
 
 
 def test_peer_check_compares_each_round_with_the_alone_round_after_it():
-    """The verdict is the median of the per-round ratios: a drift that slows a suite round and the
+    """The ratio is the median of the per-round ratios: a drift that slows a suite round and the
     alone round after it alike (the third pair) falls out, where a ratio of medians would not."""
+    from nnbackends.bench.peer_check import agreement
+
+    (check,) = agreement({"spiral": [(1.0, 1.0), (1.1, 1.0), (3.0, 3.0), (1.0, 0.95)] + [(1.0, 1.0)] * 3})
+    assert (check["rounds"], check["ratio"], check["verdict"], check["agrees"]) == (7, 1.0, "agrees", True)
+    assert check["suite_median_s"] == 1.0 and check["alone_median_s"] == 1.0
+
+
+def test_peer_check_tells_a_real_difference_from_noise():
+    """Beyond 10%, a median whose 95% interval leaves out 1 differs; one whose interval holds 1 is noise."""
     from nnbackends.bench.peer_check import agreement
     from nnbackends.bench.report import _peer_check_lines
 
-    check = agreement({"spiral": [(1.0, 1.0), (1.1, 1.0), (3.0, 3.0), (1.0, 0.95)],
-                       "digits": [(1.5, 1.0), (1.4, 1.0), (1.6, 1.0)]})
-    assert [(c["workload"], c["rounds"], round(c["ratio"], 3), c["agrees"]) for c in check] == \
-        [("spiral", 4, 1.026, True), ("digits", 3, 1.5, False)]
-    assert check[1]["suite_median_s"] == 1.5 and check[1]["alone_median_s"] == 1.0
+    slower = [(1.5 + 0.01 * i, 1.0) for i in range(9)]  # every round 1.5x: 1 is far outside
+    scattered = [(r, 1.0) for r in (0.6, 0.7, 0.9, 1.12, 1.15, 1.2, 1.3, 1.5, 1.6)]  # median 1.15, spread wide
+    check = agreement({"digits": slower, "spiral": scattered})
+    assert [(c["workload"], c["verdict"]) for c in check] == [("digits", "differs"), ("spiral", "noisy")]
+    assert check[0]["ratio_ci"] == pytest.approx([1.51, 1.57]) and check[1]["ratio_ci"] == [0.7, 1.5]
     (line,) = _peer_check_lines(check)
-    assert "digits 1.50x (rounds 1.40-1.60) DISAGREES" in line and "NOT all within 10%" in line
+    assert "digits 1.54x (95% CI 1.51-1.57) DIFFERS" in line and "NOT all within 10%" in line
+    (line,) = _peer_check_lines(check[1:])
+    assert "spiral 1.15x (95% CI 0.70-1.50) (beyond 10% but within the noise)" in line and "rerun" in line
+
+
+@pytest.mark.parametrize("n", [1, 5, 6, 9, 11, 20, 51])
+def test_the_median_interval_holds_the_median_at_least_95_percent_of_the_time(n):
+    """Against the binomial distribution itself: the interval [k-th smallest, k-th largest] misses the
+    median only when k or fewer values fall on one side of it."""
+    from nnbackends.bench.peer_check import median_interval
+
+    interval = median_interval(list(range(n)))
+    if interval is None:
+        assert n <= 5
+        return
+    k = interval[0] + 1
+    assert interval == (k - 1, n - k)
+    miss = 2 * sum(math.comb(n, i) for i in range(k)) / 2**n
+    assert miss <= 0.05 < 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2**n  # and k is the largest such
 
 
 def test_the_alone_process_times_the_rounds_it_is_asked_for():

@@ -15,6 +15,7 @@ and answers each with a line of JSON on stdout.
 from __future__ import annotations
 
 import json
+import math
 import statistics
 import subprocess
 import sys
@@ -83,18 +84,38 @@ class TorchAlone:
 def agreement(pairs) -> list[dict]:
     """Per workload of ``pairs`` (``TorchAlone.pairs``): the medians of the suite's and the alone
     rounds, and the ratio that decides: the median over rounds of suite / alone, each round against
-    the one right after it, so that the machine's drift between rounds falls out; its quartiles show
-    how far single rounds scatter."""
+    the one right after it, so that the machine's drift between rounds falls out.
+
+    ``ratio_ci`` is a 95 % confidence interval of that median (distribution-free, from the order
+    of the per-round ratios; None with too few rounds). ``verdict`` is "agrees" within ``AGREEMENT``; beyond it, "differs"
+    where the interval leaves out 1 (PyTorch is really slower or faster in the suite) and
+    "noisy" where it does not (single rounds scatter more than the difference: rerun on a quieter
+    machine, or with more rounds).
+    """
     rows = []
     for workload, rounds in pairs.items():
-        ratios = [suite / alone for suite, alone in rounds]
+        ratios = sorted(suite / alone for suite, alone in rounds)
         ratio = statistics.median(ratios)
-        low, _, high = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratio] * 3
+        interval = median_interval(ratios)
+        outside = interval is not None and not interval[0] <= 1.0 <= interval[1]
+        verdict = "agrees" if abs(ratio - 1.0) <= AGREEMENT else "differs" if outside else "noisy"
         rows.append({"workload": workload, "rounds": len(rounds),
                      "suite_median_s": statistics.median(s for s, _ in rounds),
                      "alone_median_s": statistics.median(a for _, a in rounds),
-                     "ratio": ratio, "ratio_quartiles": [low, high], "agrees": abs(ratio - 1.0) <= AGREEMENT})
+                     "ratio": ratio, "ratio_ci": interval and list(interval), "verdict": verdict, "agrees": verdict == "agrees"})
     return rows
+
+
+def median_interval(ordered, level=0.95) -> tuple[float, float] | None:
+    """A confidence interval at ``level`` or more for the median of the values ``ordered`` (sorted):
+    the k-th smallest to the k-th largest, k as large as the binomial distribution allows;
+    None for too few values (five or fewer at 95 %)."""
+    n, k = len(ordered), 0
+    tail = 0.0  # P(Binomial(n, 1/2) <= k - 1)
+    while n and 2 * (tail + math.comb(n, k) / 2**n) <= 1 - level:
+        tail += math.comb(n, k) / 2**n
+        k += 1
+    return (ordered[k - 1], ordered[n - k]) if k else None
 
 
 def serve(lines, write):

@@ -67,10 +67,17 @@ def _peer_check_lines(check) -> list[str]:
         return []
     if "error" in check:
         return [f"PyTorch alone: not timed ({check['error']})"]
-    cells = [f"{c['workload']} {c['ratio']:.2f}x (rounds {c['ratio_quartiles'][0]:.2f}-{c['ratio_quartiles'][1]:.2f})"
-             f"{'' if c['agrees'] else ' DISAGREES'}" for c in check]
-    verdict = "all within 10%" if all(c["agrees"] for c in check) else "NOT all within 10%"
+    marks = {"agrees": "", "differs": " DIFFERS", "noisy": " (beyond 10% but within the noise)"}
+    cells = [f"{c['workload']} {c['ratio']:.2f}x (95% CI {_interval(c['ratio_ci'])}){marks[c['verdict']]}"
+             for c in check]
+    verdicts = {c["verdict"] for c in check}
+    verdict = ("all within 10%" if verdicts == {"agrees"} else "NOT all within 10%" if "differs" in verdicts
+               else "not all within 10%, but no difference beyond this machine's noise: rerun when it is quieter")
     return [f"PyTorch in the suite / PyTorch alone in its own process, round for round: {', '.join(cells)}: {verdict}"]
+
+
+def _interval(bounds) -> str:
+    return "unknown: too few rounds" if bounds is None else f"{bounds[0]:.2f}-{bounds[1]:.2f}"
 
 
 def row_key(r):
