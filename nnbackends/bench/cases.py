@@ -20,7 +20,8 @@ from .cost import Cost, dense_backward_cost, dense_forward_cost, elementwise_cos
 TORCH = "torch"
 #: PyTorch eager peers and the torch device each runs on.
 PEERS = {TORCH: "cpu", "torch-cuda": "cuda"}
-TORCH_INSTALL = 'pip install "nnbackends[peers]"'
+TORCH_INSTALL = ('pip install "nnbackends[peers]" (on Linux that is PyTorch\'s CUDA build, several GB; '
+                 "for the CPU rows alone: pip install torch --index-url https://download.pytorch.org/whl/cpu)")
 #: The ``torch.nn`` module of each hidden activation a workload may use.
 TORCH_ACTIVATIONS = {"relu": "ReLU", "tanh": "Tanh", "sigmoid": "Sigmoid"}
 
