@@ -308,6 +308,20 @@ def test_the_pytorch_alone_check_runs_in_the_report(report):
     assert all(c["alone_median_s"] > 0 and c["rounds"] == 1 for c in check)
 
 
+def test_a_failing_alone_process_leaves_the_figures_and_says_why(monkeypatch):
+    pytest.importorskip("torch")
+    from nnbackends.bench import peer_check
+
+    def fail(self, case, number, seconds):
+        raise peer_check.PeerCheckFailed("the PyTorch-alone process ended: MemoryError")
+
+    monkeypatch.setattr(peer_check.TorchAlone, "round", fail)
+    report = bench.run(bench.Plan(backends=["numpy", "torch"], workloads=["spiral"], smoke=True))
+    assert report["torch_alone"] == {"error": "the PyTorch-alone process ended: MemoryError"}
+    assert {r["backend"] for r in report["results"]} == {"numpy", "torch"}
+    assert "PyTorch alone: not timed (the PyTorch-alone process ended: MemoryError)" in bench.format_table(report)
+
+
 def test_the_old_kernel_list_name_still_works_with_a_deprecation():
     with pytest.warns(DeprecationWarning, match="use BENCH_KERNELS"):
         assert bench.KERNEL_NAMES == bench.BENCH_KERNELS

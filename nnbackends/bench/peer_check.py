@@ -14,6 +14,7 @@ and answers each with a line of JSON on stdout.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import statistics
@@ -47,13 +48,15 @@ class TorchAlone:
         return self
 
     def __exit__(self, *exc):
-        self.proc.stdin.close()
+        with contextlib.suppress(OSError):  # a process that ended already
+            self.proc.stdin.close()
         try:
             self.proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             self.proc.kill()
 
-    def wants(self, case) -> bool:
+    @staticmethod
+    def wants(case) -> bool:
         """Whether ``case`` is one this check times again (PyTorch on the CPU, training)."""
         return case.backend == TORCH and case.suite == "train"
 
@@ -87,10 +90,10 @@ def agreement(pairs) -> list[dict]:
     the one right after it, so that the machine's drift between rounds falls out.
 
     ``ratio_ci`` is a 95 % confidence interval of that median (distribution-free, from the order
-    of the per-round ratios; None with too few rounds). ``verdict`` is "agrees" within ``AGREEMENT``; beyond it, "differs"
-    where the interval leaves out 1 (PyTorch is really slower or faster in the suite) and
-    "noisy" where it does not (single rounds scatter more than the difference: rerun on a quieter
-    machine, or with more rounds).
+    of the per-round ratios; None with too few rounds). ``verdict`` is "agrees" within
+    ``AGREEMENT``; beyond it, "differs" where the interval leaves out 1 (PyTorch is really slower
+    or faster in the suite) and "noisy" where it does not (single rounds scatter more than the
+    difference: rerun on a quieter machine, or with more rounds).
     """
     rows = []
     for workload, rounds in pairs.items():
@@ -102,7 +105,8 @@ def agreement(pairs) -> list[dict]:
         rows.append({"workload": workload, "rounds": len(rounds),
                      "suite_median_s": statistics.median(s for s, _ in rounds),
                      "alone_median_s": statistics.median(a for _, a in rounds),
-                     "ratio": ratio, "ratio_ci": interval and list(interval), "verdict": verdict, "agrees": verdict == "agrees"})
+                     "ratio": ratio, "ratio_ci": interval and list(interval), "verdict": verdict,
+                     "agrees": verdict == "agrees"})
     return rows
 
 

@@ -320,8 +320,7 @@ def _run(plan, names, reasons, progress):
     groups = make_groups(plan, runnable, skipped)
     for skip in skipped:
         say(f"{skip['work']}: skipped: {skip['reason']}")
-    checked = plan.peer_check and len(runnable) > 1 and any(
-        c.backend == TORCH and c.suite == "train" for _, cases in groups for c in cases)
+    checked = plan.peer_check and len(runnable) > 1 and any(TorchAlone.wants(c) for _, cases in groups for c in cases)
     if checked:
         say("PyTorch rounds are each followed by the same round in a process of its own (--no-peer-check: not)")
     results, errors, check = [], [], None
