@@ -274,18 +274,14 @@ def mpi_report() -> dict:
     except Exception as exc:
         return {"available": False, "reason": f"mpi4py {mpi4py.__version__} cannot load an MPI library: "
                                               f"{type(exc).__name__}: {exc}; {INSTALL}"}
-    running = MPI.Is_initialized() and not MPI.Is_finalized()
-    if running:
-        world = MPI.COMM_WORLD.Get_size()
-    else:
+    if not (MPI.Is_initialized() and not MPI.Is_finalized()):
         world = int(os.environ.get("PMI_SIZE") or os.environ.get("OMPI_COMM_WORLD_SIZE") or 1)
-    if not running:
         gpu_arrays = ("through host memory unless the MPI library is CUDA-aware (asked when a distributed fit "
                       "starts MPI)")
-    elif cuda_aware():
-        gpu_arrays = "passed to MPI on the device (this MPI library is CUDA-aware)"
     else:
-        gpu_arrays = "through host memory (this MPI library is not CUDA-aware)"
+        world = MPI.COMM_WORLD.Get_size()
+        gpu_arrays = ("passed to MPI on the device (this MPI library is CUDA-aware)" if cuda_aware()
+                      else "through host memory (this MPI library is not CUDA-aware)")
     return {
         "available": True,
         "mpi4py": mpi4py.__version__,
