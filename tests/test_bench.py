@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from nnbackends import bench
@@ -59,6 +60,9 @@ def test_rates_follow_from_the_median(report):
 
 def test_speedups_are_ratios_of_medians_of_the_same_work(report):
     for r in report["results"]:
+        if r["backend"] == bench.PRODUCTS:  # not a backend: compared with nothing
+            assert r["speedup_vs_numpy"] is r["speedup_vs_torch"] is r["products_share"] is None
+            continue
         numpy_row = rows(report, suite=r["suite"], workload=r["workload"], size=r["size"], backend="numpy")[0]
         assert r["speedup_vs_numpy"] == pytest.approx(numpy_row["median_s"] / r["median_s"])
         torch_rows = rows(report, suite=r["suite"], workload=r["workload"], size=r["size"], backend=r["torch_peer"])
@@ -115,6 +119,46 @@ def test_step_cost_counts_matrix_products_exactly():
     head = bench.ELEMENTWISE["softmax_cce"][0] * n * 3 + n * 3
     adam = bench.UPDATES["adam_update"][0] * (2 * 64 + 64 + 64 * 3 + 3)
     assert bench.step_cost(model, n).flops == matmul + bias + relu + head + adam
+
+
+def test_products_alone_are_the_step_s_products_in_the_step_s_layouts():
+    """Per layer: forward x·W, weight gradient xᵀ·dy, input gradient dy·Wᵀ except for the first
+    layer; the transposed operands are views, as the fused step hands BLAS a transpose flag."""
+    products = bench.step_products((5, 4, 3), 7, "float32", np.random.default_rng(0))
+    shapes = [(a.shape, b.shape, out.shape) for a, b, out in products]
+    assert shapes == [((7, 5), (5, 4), (7, 4)), ((5, 7), (7, 4), (5, 4)),
+                      ((7, 4), (4, 3), (7, 3)), ((4, 7), (7, 3), (4, 3)), ((7, 3), (3, 4), (7, 4))]
+    transposed = [products[1][0], products[3][0], products[4][1]]
+    assert all(t.flags.f_contiguous and not t.flags.c_contiguous and t.base is not None for t in transposed)
+    assert all(p.dtype == np.float32 for product in products for p in product)
+
+
+def test_products_alone_row_and_each_step_s_share(report):
+    """Workloads with ``products_row`` get the row (never the others); each CPU step of the same
+    work reports the share its products take, and the table says what the row means."""
+    products = rows(report, backend=bench.PRODUCTS)
+    assert [r["workload"] for r in products] == ["mnist-shaped"]
+    assert products[0]["flops"] == rows(report, workload="mnist-shaped", backend="numpy")[0]["flops"]
+    steps = [r for r in rows(report, workload="mnist-shaped") if r["backend"] != bench.PRODUCTS]
+    assert steps
+    for r in steps:
+        expected = products[0]["median_s"] / r["median_s"] if r["device"] == "cpu" else None
+        assert r["products_share"] == (pytest.approx(expected) if expected else None)
+    assert all(r["products_share"] is None for r in rows(report, workload="spiral"))
+    line = next(l for l in bench.format_table(report).splitlines() if l.startswith("products alone:"))
+    assert all(f"mnist-shaped {r['backend']} {r['products_share']:.2f}" in line for r in steps if r["products_share"])
+
+
+def test_products_alone_run_only_where_numpy_runs():
+    from nnbackends.bench.runner import make_groups
+
+    def backends(runnable):
+        plan = bench.Plan(suite="train", workloads=["big-batch", "spiral"], smoke=True)
+        return {title.split()[1]: [c.backend for c in cases] for title, cases in make_groups(plan, runnable, [])}
+
+    assert backends(["numpy", "numba"]) == {"spiral": ["numpy", "numba"],
+                                            "big-batch": ["numpy", "numba", bench.PRODUCTS]}
+    assert backends(["numba"]) == {"spiral": ["numba"], "big-batch": ["numba"]}
 
 
 def test_extra_info_for_pytest_benchmark():
@@ -238,6 +282,9 @@ def test_each_pytorch_round_is_followed_by_the_same_round_alone(monkeypatch):
 def test_user_view_rows_and_ratios(report):
     """Training rows with a user view report the wall clock of one fit of a new model, and its ratios."""
     for r in rows(report, workload="mnist-shaped"):
+        if r["backend"] == bench.PRODUCTS:
+            assert "user_fit_s" not in r  # not a fit
+            continue
         assert r["user_rows"] > 0 and r["user_samples_per_s"] == pytest.approx(r["user_rows"] / r["user_fit_s"])
         if r["backend"] != "numpy":
             numpy_row = rows(report, workload="mnist-shaped", backend="numpy")[0]

@@ -39,6 +39,7 @@ class Workload:
     optimizer_args: dict = field(default_factory=dict)
     hidden: str = "relu"  # key of layers.ACTIVATIONS
     user_rows: int | None = None  # rows of the user-view fit (one fit of a new model, shuffled), if timed
+    products_row: bool = False  # also time the step's matrix products alone (``ProductsCase``)
 
     def make_optimizer(self):
         return OPTIMIZERS[self.optimizer](**self.optimizer_args)
@@ -63,9 +64,10 @@ WORKLOADS = {w.name: w for w in (
     Workload("digits", "scikit-learn digits, 1,797 samples", "digits", (64, 128, 10), 32,
              "adam", {"learning_rate": 0.001}),
     Workload("mnist-shaped", "60,000 random MNIST-shaped samples", "mnist-shaped", (784, 256, 256, 10), 128,
-             "sgd", {"learning_rate": 0.01, "momentum": 0.9}, user_rows=12_800),
+             "sgd", {"learning_rate": 0.01, "momentum": 0.9}, user_rows=12_800, products_row=True),
     Workload("big-batch", "the mnist-shaped job at batch 4096 (BLAS-bound)", "mnist-shaped",
-             (784, 256, 256, 10), 4096, "sgd", {"learning_rate": 0.01, "momentum": 0.9}, user_rows=32_768),
+             (784, 256, 256, 10), 4096, "sgd", {"learning_rate": 0.01, "momentum": 0.9}, user_rows=32_768,
+             products_row=True),
 )}
 
 
@@ -198,6 +200,54 @@ class TrainCase(Case):
                                  shuffle=False, verbose=0)
         self.last_loss = history["loss"][-1]
         return history.steps, history.seconds
+
+
+#: The backend column of a ``ProductsCase`` row.
+PRODUCTS = "products alone"
+
+
+def step_products(layers, batch, dtype, rng):
+    """``[(a, b, out)]``: operands of the matrix products of one training step of a Dense network
+    of ``layers`` widths on ``batch`` rows, with the layouts the fused step gives BLAS: forward
+    ``x·W``, backward ``xᵀ·dy`` (the weight gradient) and ``dy·Wᵀ`` (the input gradient; none for
+    the first layer, whose input is the data)."""
+    def arr(*shape):
+        return rng.standard_normal(shape).astype(dtype)
+
+    products = []
+    for index, (i, o) in enumerate(zip(layers, layers[1:])):
+        x, W, dy = arr(batch, i), arr(i, o), arr(batch, o)
+        products += [(x, W, arr(batch, o)), (x.T, dy, arr(i, o))]
+        products += [(dy, W.T, arr(batch, i))] if index else []
+    return products
+
+
+class ProductsCase(TrainCase):
+    """A workload's training step reduced to its matrix products, through NumPy's BLAS: what a
+    step would cost if nothing else took time. Its figures count the whole step's FLOPs, so its
+    ``% peak`` is the ceiling of a step's on this BLAS, and a step's median over this one's is
+    the share of the step that its products take."""
+
+    backend = PRODUCTS
+
+    def __init__(self, workload: Workload, dtype, smoke=False, threads=None):
+        super().__init__(workload, PRODUCTS, dtype, smoke, threads)
+
+    def _warmup(self):
+        self._load()
+        self.cost = step_cost(self.w.build("numpy", self.dtype), self.batch)
+        self.products = step_products(self.w.layers, self.batch, self.dtype, np.random.default_rng(0))
+
+    def user_rows(self):
+        return None  # no user view: it is not a fit
+
+    def run(self, number):
+        for _ in range(number):
+            for a, b, out in self.products:
+                np.matmul(a, b, out=out)
+        return number
+
+    timed_run = Case.timed_run
 
 
 class TorchTrainCase(TrainCase):

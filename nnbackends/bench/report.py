@@ -46,6 +46,7 @@ def format_table(report) -> str:
              f"peak: {peak['gflops_per_s']:.1f} GFLOP/s float32 (fastest NumPy {peak['sgemm_n']}² matmul, same run); "
              f"dtype {report['plan']['dtype']}; {report['machine']['cpu_count']} cores, "
              f"threads {report['plan']['threads'] or 'default'}; {report['created']}"]
+    lines += _products_lines(report["results"])
     lines += _peer_check_lines(report.get("torch_alone"))
     lines += [f"warm-up {key}: {format_seconds(s)}" for key, s in report["warmup_s"].items() if s > 1e-3]
     lines += [f"{name}: not available: {reason}" for name, reason in report["unavailable"].items()]
@@ -59,6 +60,16 @@ def _user_view(r) -> list[str]:
         return ["-", "-", "-"]
     return [f"{_si(r['user_samples_per_s'])} samples/s", _ratio(r.get("user_speedup_vs_numpy")),
             _ratio(r.get("user_speedup_vs_torch"))]
+
+
+def _products_lines(results) -> list[str]:
+    """What the ``products alone`` rows mean, and each step's share taken by its products."""
+    shares = [f"{r['workload']} {r['backend']} {r['products_share']:.2f}" for r in results
+              if r.get("products_share") is not None]
+    if not shares:
+        return []
+    return [f"products alone: the step's matrix products through NumPy and nothing else, counted at the step's "
+            f"FLOPs: the ceiling of a step's % peak on this BLAS; their share of each step: {', '.join(shares)}"]
 
 
 def _peer_check_lines(check) -> list[str]:

@@ -14,8 +14,9 @@ import numpy as np
 
 from ..backends import get_backend, registered_backends, unavailable_reason
 from ..backends.autotune import cpu_name
-from .cases import (BENCH_KERNELS, KERNEL_SIZES, PEERS, QUICK_SIZES, TORCH, TORCH_INSTALL, WARMUP_SECONDS,
-                    WORKLOADS, KernelCase, TorchTrainCase, TrainCase, data_unavailable_reason)
+from .cases import (BENCH_KERNELS, KERNEL_SIZES, PEERS, PRODUCTS, QUICK_SIZES, TORCH, TORCH_INSTALL,
+                    WARMUP_SECONDS, WORKLOADS, KernelCase, ProductsCase, TorchTrainCase, TrainCase,
+                    data_unavailable_reason)
 from .peer_check import PeerCheckFailed, TorchAlone, agreement
 
 
@@ -82,8 +83,9 @@ def availability(names) -> dict[str, str | None]:
 
 
 def make_groups(plan: Plan, runnable, skipped):
-    """[(title, [cases])]: the cases of one piece of work, for every runnable backend. A training
-    workload whose data cannot load here goes to the list ``skipped`` as ``{"work": ..., "reason": why}``."""
+    """[(title, [cases])]: the cases of one piece of work, for every runnable backend (and, for a
+    workload with ``products_row`` where NumPy runs, its products alone). A training workload whose
+    data cannot load here goes to the list ``skipped`` as ``{"work": ..., "reason": why}``."""
     groups = []
     if plan.suite in ("train", "all"):
         for w in WORKLOADS.values():
@@ -91,10 +93,11 @@ def make_groups(plan: Plan, runnable, skipped):
             if reason:
                 skipped.append({"work": f"train {w.name}", "reason": reason})
             elif plan.wanted(w.name):
-                groups.append((f"train {w.name} ({w.description}, {w.size})", [
-                    (TorchTrainCase if b in PEERS else TrainCase)(w, b, plan.dtype, plan.smoke, plan.threads)
-                    for b in runnable
-                ]))
+                cases = [(TorchTrainCase if b in PEERS else TrainCase)(w, b, plan.dtype, plan.smoke, plan.threads)
+                         for b in runnable]
+                if w.products_row and "numpy" in runnable:
+                    cases.append(ProductsCase(w, plan.dtype, plan.smoke, plan.threads))
+                groups.append((f"train {w.name} ({w.description}, {w.size})", cases))
     if plan.suite in ("kernels", "all"):
         sizes = ("tiny",) if plan.smoke else QUICK_SIZES if plan.quick else tuple(KERNEL_SIZES)
         for kernel in BENCH_KERNELS:
@@ -204,17 +207,21 @@ def summarize(case, per_call, dtype, user_fits=None) -> dict:
 
 
 def add_ratios(results, peak):
-    """``percent_peak``, ``speedup_vs_numpy`` and ``speedup_vs_torch`` (from the rows of the same work).
+    """``percent_peak``, ``speedup_vs_numpy``, ``speedup_vs_torch`` and ``products_share`` (from the
+    rows of the same work).
 
     ``speedup_vs_torch`` compares with the PyTorch peer on the same kind of device
-    (``torch_peer``: ``torch`` for CPU rows, ``torch-cuda`` for the others).
+    (``torch_peer``: ``torch`` for CPU rows, ``torch-cuda`` for the others). ``products_share``:
+    the share of a CPU row's step that its matrix products alone take (the ``PRODUCTS`` row's
+    median over this one's), where the work has that row. The ``PRODUCTS`` row itself is compared
+    with nothing.
     """
     by_work = {}
     for r in results:
         by_work.setdefault((r["suite"], r["workload"], r["size"]), {})[r["backend"]] = r
     for r in results:
         r["percent_peak"] = 100.0 * r["gflops_per_s"] / peak["gflops_per_s"]
-        peers = by_work[(r["suite"], r["workload"], r["size"])]
+        peers = {} if r["backend"] == PRODUCTS else by_work[(r["suite"], r["workload"], r["size"])]
         r["torch_peer"] = TORCH if r["device"] == "cpu" else "torch-cuda"
         for key, peer in (("numpy", "numpy"), ("torch", r["torch_peer"])):
             other = peers.get(peer)
@@ -222,6 +229,8 @@ def add_ratios(results, peak):
             if "user_fit_s" in r:
                 r[f"user_speedup_vs_{key}"] = other["user_fit_s"] / r["user_fit_s"] \
                     if other and "user_fit_s" in other else None
+        products = peers.get(PRODUCTS) if r["device"] == "cpu" else None
+        r["products_share"] = products["median_s"] / r["median_s"] if products else None
     return results
 
 
