@@ -1,7 +1,7 @@
 """Choices measured where the code runs: time the candidates, keep the fastest, remember it.
 
 A caller with several interchangeable variants of some work (the Numba fused step's loop
-pass and BLAS pass) asks ``tuner().choose(case, candidates)``, where ``case`` describes the
+pass and BLAS pass) asks ``tuner().choose(case, candidates, version)``, where ``case`` describes the
 work (dtype, layer widths, batch size, ...) and ``candidates`` maps each variant's name to a
 function that prepares it (scratch buffers and the like, made only when measuring) and returns
 a callable that runs it once without side effects the caller cares about. The first time a
@@ -15,8 +15,11 @@ the same machine read it and measure nothing (the idea of FFTW's wisdom). Delete
 measure again (a decision taken while the machine was busy stays until then).
 
 A decision's key is the machine (CPU model, number of usable CPUs, versions of numba, numpy
-and nnbackends) and the case; decisions taken on other machines or with other versions stay
-in the file, unused (a home folder may be shared by different hosts).
+and nnbackends), the case and the candidates' ``version`` (a digest of their source, say);
+decisions taken on other machines or with other library versions stay in the file, unused (a
+home folder may be shared by different hosts). A decision for the same machine and case under
+another ``version`` is dropped when the new one is written: code edited in a checkout (where
+the package's version stays put) is measured again without old decisions piling up.
 
 Where the cache file is (``cache_path()``), first that applies:
 
@@ -32,8 +35,9 @@ Where the cache file is (``cache_path()``), first that applies:
 ``NNBACKENDS_AUTOTUNE=0`` (or ``off``, ``false``, ``no``) turns measuring off: ``enabled()``
 is False, callers use their built-in rules, and the cache is neither read nor written.
 
-A cache file that is not valid JSON, or is in another format or format version, is ignored
-with an ``AutotuneCacheWarning`` and replaced at the next decision. A cache that cannot be
+A cache file that is not valid JSON, or is in another format or a newer format version, is
+ignored with an ``AutotuneCacheWarning`` and replaced at the next decision; one in an older
+format version (written before an upgrade) is replaced without a warning. A cache that cannot be
 written (a read-only folder) warns once; the decisions are then kept for the process only.
 Nothing here raises for a cache problem: training must not fail because of it.
 """
@@ -55,7 +59,7 @@ ENV_VAR = "NNBACKENDS_AUTOTUNE"
 #: A folder for the cache file, ahead of Numba's cache folder and the user cache folder.
 DIR_ENV_VAR = "NNBACKENDS_AUTOTUNE_DIR"
 FILE_NAME = "nnbackends-autotune.json"
-FORMAT, FORMAT_VERSION = "nnbackends-autotune", 1
+FORMAT, FORMAT_VERSION = "nnbackends-autotune", 2
 #: Seconds of timed rounds per decision (the untimed first calls come on top).
 BUDGET = 0.03
 MIN_ROUNDS, MAX_ROUNDS = 3, 25
@@ -115,8 +119,8 @@ def machine() -> dict:
             "nnbackends": package}
 
 
-def _key(machine_part, case) -> str:
-    return "; ".join(f"{k}={v}" for k, v in (*machine_part.items(), *case.items()))
+def _key(machine_part, case, version) -> str:
+    return "; ".join(f"{k}={v}" for k, v in (*machine_part.items(), *case.items(), ("version", version)))
 
 
 def read_cache(path):
@@ -135,8 +139,11 @@ def read_cache(path):
         return {}, f"it is not valid JSON ({exc})"
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         return {}, f"it is not an {FORMAT} file"
-    if data.get("version") != FORMAT_VERSION:
-        return {}, f"it is in format version {data.get('version')!r}, this nnbackends reads {FORMAT_VERSION}"
+    version = data.get("version")
+    if isinstance(version, int) and version < FORMAT_VERSION:
+        return {}, None  # written before an upgrade: replaced at the next decision, nothing wrong
+    if version != FORMAT_VERSION:
+        return {}, f"it is in format version {version!r}, this nnbackends reads {FORMAT_VERSION}"
     decisions = data.get("decisions")
     if not isinstance(decisions, dict) or not all(_valid(e) for e in decisions.values()):
         return {}, "its decisions are malformed"
@@ -145,7 +152,8 @@ def read_cache(path):
 
 def _valid(entry) -> bool:
     return (isinstance(entry, dict) and isinstance(entry.get("choice"), str)
-            and isinstance(entry.get("machine"), dict) and isinstance(entry.get("case"), dict))
+            and isinstance(entry.get("machine"), dict) and isinstance(entry.get("case"), dict)
+            and isinstance(entry.get("version"), str))
 
 
 class Tuner:
@@ -163,10 +171,11 @@ class Tuner:
         self._lock = threading.Lock()
         self._warned = set()
 
-    def choose(self, case: dict, candidates: dict) -> str:
+    def choose(self, case: dict, candidates: dict, version: str = "") -> str:
         """The name of the fastest of ``candidates`` (``{name: prepare}``, ``prepare()`` returning the callable
-        to time) for ``case``: remembered, else measured and remembered."""
-        key = _key(machine(), case)
+        to time) for ``case``: remembered, else measured and remembered. ``version`` names the
+        candidates' code: a decision remembered for another version is not used, and is replaced."""
+        key = _key(machine(), case, version)
         with self._lock:
             if key not in self._decisions:  # another process may have decided it since the last read
                 self._decisions.update(self._read())
@@ -175,7 +184,7 @@ class Tuner:
             return entry["choice"]
         seconds = self.measure(candidates)
         choice = min(seconds, key=seconds.get)
-        entry = {"machine": machine(), "case": case, "choice": choice, "seconds": seconds}
+        entry = {"machine": machine(), "case": case, "version": version, "choice": choice, "seconds": seconds}
         with self._lock:
             self._decisions[key] = entry
             self._write(key, entry)
@@ -214,8 +223,11 @@ class Tuner:
         return decisions
 
     def _write(self, key, entry) -> None:
-        """Merge ``entry`` into the file (re-read first: other processes may have added theirs)."""
+        """Merge ``entry`` into the file (re-read first: other processes may have added theirs), in place
+        of the decisions for the same machine and case under other versions."""
         decisions, _ = read_cache(self.path)
+        decisions = {k: e for k, e in decisions.items()
+                     if (e["machine"], e["case"]) != (entry["machine"], entry["case"])}
         decisions[key] = entry
         data = {"format": FORMAT, "version": FORMAT_VERSION, "decisions": decisions}
         try:

@@ -58,16 +58,17 @@ def pick_pass(step, x, y) -> bool:
     """
     if not autotune.enabled():
         return runs_on_blas(step.widths, x.shape[0])
-    case = {"work": "numba fused step", "kernels": _kernels_digest(), "dtype": step.dtype.name,
+    case = {"work": "numba fused step", "dtype": step.dtype.name,
             "widths": "-".join(map(str, step.widths)), "activations": "-".join(map(str, step.codes)),
             "output": int(step.mode), "update": int(step.opt_code), "batch": x.shape[0]}
     trials = {"loops": functools.partial(step.trial, False, x, y), "blas": functools.partial(step.trial, True, x, y)}
-    return autotune.tuner().choose(case, trials) == "blas"
+    return autotune.tuner().choose(case, trials, version=_kernels_digest()) == "blas"
 
 
 @functools.lru_cache(maxsize=1)
 def _kernels_digest() -> str:
-    """A digest of ``numba_kernels``' source: an edited kernel is measured again (versions stay put in a checkout)."""
+    """A digest of ``numba_kernels``' source, the version of the passes' code: an edited kernel is
+    measured again, in place of its old decisions (the package's version stays put in a checkout)."""
     with open(K.__file__, "rb") as f:
         return hashlib.sha256(f.read()).hexdigest()[:12]
 
