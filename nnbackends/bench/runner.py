@@ -212,8 +212,9 @@ def add_ratios(results, peak):
 
     ``speedup_vs_torch`` compares with the PyTorch peer on the same kind of device
     (``torch_peer``: ``torch`` for CPU rows, ``torch-cuda`` for the others). ``products_share``:
-    the share of a CPU row's step that its matrix products alone take (the ``PRODUCTS`` row's
-    median over this one's), where the work has that row. The ``PRODUCTS`` row itself is compared
+    the share of a CPU backend's step that its matrix products alone take (the ``PRODUCTS`` row's
+    median over this one's), where the work has that row; not for the PyTorch peer, whose
+    products are not NumPy's. The ``PRODUCTS`` row itself is compared
     with nothing.
     """
     by_work = {}
@@ -229,7 +230,7 @@ def add_ratios(results, peak):
             if "user_fit_s" in r:
                 r[f"user_speedup_vs_{key}"] = other["user_fit_s"] / r["user_fit_s"] \
                     if other and "user_fit_s" in other else None
-        products = peers.get(PRODUCTS) if r["device"] == "cpu" else None
+        products = peers.get(PRODUCTS) if r["device"] == "cpu" and r["backend"] not in PEERS else None
         r["products_share"] = products["median_s"] / r["median_s"] if products else None
     return results
 
