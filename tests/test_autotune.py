@@ -12,6 +12,7 @@ import warnings
 import numpy as np
 import pytest
 
+from nnbackends import datasets
 from nnbackends.backends import autotune, unavailable_reason
 from test_equivalence import ONE_STEP, assert_weights_close, spiral, spiral_model
 
@@ -52,7 +53,8 @@ def measuring(monkeypatch, tmp_path):
 
 @pytest.fixture
 def pass_costs(monkeypatch):
-    """``set(clock, loops=..., blas=...)``: each call of a pass's step kernel moves ``clock`` by its cost."""
+    """``set(clock, loops=..., blas=...)``: each call of a pass's step kernel moves ``clock`` by its cost
+    (a number, or a function of the kernel's arguments)."""
     from nnbackends.backends import numba_kernels, numba_step
 
     for dtype in ("float32", "float64"):  # compiled callers of the step kernels bind the real ones first
@@ -63,7 +65,7 @@ def pass_costs(monkeypatch):
             kernel = getattr(numba_kernels, f"{name}_step")
 
             def timed(*args, _kernel=kernel, _cost=cost):
-                clock.now += _cost
+                clock.now += _cost(args) if callable(_cost) else _cost
                 return _kernel(*args)
             monkeypatch.setattr(numba_kernels, f"{name}_step", timed)
     return set_costs
@@ -248,7 +250,7 @@ def test_the_step_runs_the_pass_measured_faster_and_a_second_model_reads_it(monk
     pass_costs(clock, loops=1.0 if faster == "loops" else 5.0, blas=1.0 if faster == "blas" else 5.0)
     _, step = trained()
     assert step.blas is (faster == "blas")
-    (entry,) = cached().values()
+    (entry,) = (e for e in cached().values() if e["case"]["work"] == "numba fused step")
     assert entry["choice"] == faster
     assert entry["case"]["widths"] == "2-64-3" and entry["case"]["batch"] == 300
     assert entry["case"]["dtype"] == "float32"
@@ -259,6 +261,65 @@ def test_the_step_runs_the_pass_measured_faster_and_a_second_model_reads_it(monk
     assert trained()[1].blas is (faster == "blas")
 
 
+def loop_block(args) -> int:
+    """The samples per block of a ``loops_step`` call: the width of its feature-major input buffer."""
+    return args[9].shape[1]
+
+
+def fit_big_spiral(dtype="float32"):
+    """A spiral model trained full batch on 3,000 rows (every block of ``LOOP_BLOCKS`` is a candidate)."""
+    model = spiral_model("numba", dtype)
+    model.fit(*datasets.spiral_data(1000, 3), epochs=3, verbose=0)
+    return model, model._fused_step
+
+
+@needs_numba
+@pytest.mark.parametrize("fastest", [256, 1024, 2048])
+def test_the_loop_pass_runs_in_the_block_measured_fastest(measuring, pass_costs, fastest):
+    from nnbackends.backends import numba_step
+
+    assert numba_step.LOOP_BLOCKS == (256, 512, 1024, 2048)
+    clock = FakeClock()
+    measuring(clock)
+    pass_costs(clock, loops=lambda args: 1.0 if loop_block(args) == fastest else 2.0, blas=5.0)
+    _, step = fit_big_spiral()
+    assert (step.blas, step.block, step.work[0].shape[1]) == (False, fastest, fastest)
+    decisions = {e["case"]["work"]: e for e in cached().values()}
+    assert decisions["numba fused step"]["choice"] == "loops"
+    block = decisions["numba loop pass block"]
+    assert block["choice"] == f"{fastest} samples"
+    assert sorted(block["seconds"]) == sorted(f"{b} samples" for b in (256, 512, 1024, 2048))
+    assert block["case"]["batch"] == 3000
+
+
+@needs_numba
+def test_no_block_is_measured_where_blas_wins_or_one_block_holds_the_batch(measuring, pass_costs):
+    from nnbackends.backends import numba_kernels
+
+    clock = FakeClock()
+    measuring(clock)
+    pass_costs(clock, loops=lambda args: 3.0 if loop_block(args) == numba_kernels.BLOCK_COLS else 1.0, blas=2.0)
+    assert fit_big_spiral()[1].blas is True  # loops in blocks of BLOCK_COLS lost: no other block was timed
+    model = spiral_model("numba", "float32")
+    model.fit(*spiral(), epochs=1, batch_size=100, verbose=0)  # every candidate block holds 100 rows
+    assert (model._fused_step.blas, model._fused_step.block) == (False, numba_kernels.BLOCK_COLS)
+    assert sorted((e["case"]["work"], e["case"]["batch"], e["choice"]) for e in cached().values()) == [
+        ("numba fused step", 100, "loops"), ("numba fused step", 3000, "blas")]
+
+
+@needs_numba
+def test_every_loop_block_gives_the_same_numbers(measuring, pass_costs, tmp_path, dtype):
+    weights = {}
+    for fastest in (256, 2048):
+        clock = FakeClock()
+        measuring(clock, tmp_path / str(fastest))
+        pass_costs(clock, loops=lambda args, fastest=fastest: 1.0 if loop_block(args) == fastest else 2.0, blas=5.0)
+        model, step = fit_big_spiral(dtype)
+        assert step.block == fastest
+        weights[fastest] = model.get_weights()
+    assert_weights_close(weights[256], weights[2048], 3 * ONE_STEP[dtype], "blocks of 256 against 2048, 3 steps")
+
+
 @needs_numba
 def test_each_batch_size_and_dtype_is_its_own_decision(measuring, pass_costs):
     clock = FakeClock()
@@ -267,7 +328,8 @@ def test_each_batch_size_and_dtype_is_its_own_decision(measuring, pass_costs):
     trained()
     spiral_model("numba", "float32").fit(*spiral(), epochs=1, batch_size=100, verbose=0)
     trained("float64")
-    cases = sorted((e["case"]["dtype"], e["case"]["batch"]) for e in cached().values())
+    cases = sorted((e["case"]["dtype"], e["case"]["batch"]) for e in cached().values()
+                   if e["case"]["work"] == "numba fused step")
     assert cases == [("float32", 100), ("float32", 300), ("float64", 300)]
 
 
@@ -333,9 +395,11 @@ def test_info_shows_the_cache_and_its_decisions(measuring, pass_costs):
     trained()
     facts = get_backend("numba").describe()
     assert facts["autotune"].startswith("measuring on") and facts["autotune_cache"] == autotune.cache_path()
-    (line,) = facts["autotune_decisions"]
-    assert line == ("work numba fused step, dtype float32, widths 2-64-3, activations 1-0, output 0, update 4, "
-                    "batch 300: loops (blas 20 µs, loops 10 µs)"), line
+    case = "dtype float32, widths 2-64-3, activations 1-0, output 0, update 4, batch 300"
+    line, block_line = facts["autotune_decisions"]
+    assert line == f"work numba fused step, {case}: loops (blas 20 µs, loops 10 µs)", line
+    # 300 rows in blocks of 256 or of BLOCK_COLS (then padded to 320): a tie, won by the built-in block
+    assert block_line == (f"work numba loop pass block, {case}: 320 samples (256 samples 10 µs, 320 samples 10 µs)")
     text = info.render(info.collect())
     assert f"    autotune_cache: {autotune.cache_path()}\n" in text
     assert f"    autotune_decisions:\n      {line}\n" in text

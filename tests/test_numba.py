@@ -51,7 +51,7 @@ def on_blas(request, monkeypatch):
     """Every compiled step made during the test runs the loop pass (False) or the BLAS pass (True)."""
     from nnbackends.backends import numba_step
 
-    monkeypatch.setattr(numba_step, "pick_pass", lambda step, x, y: request.param)
+    monkeypatch.setattr(numba_step, "pick_pass", lambda step, x, y: (request.param, numba_step.K.BLOCK_COLS))
     return request.param
 
 

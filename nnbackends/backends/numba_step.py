@@ -10,9 +10,10 @@ and the optimizer update. Thin networks run ``numba_kernels.loops_step``:
 blocks of samples through every layer with loop products on feature-major
 buffers (every inner loop runs over samples, so it vectorizes at any layer
 width); the others run ``blas_step``, a layer at a time on BLAS. Which pass a
-model runs is measured on the machine the first time its shapes are seen
-(``pick_pass``, through ``autotune``); ``runs_on_blas`` is the built-in rule
-used when measuring is off (``NNBACKENDS_AUTOTUNE=0``). In a distributed fit,
+model runs, and the loop pass's samples per block, are measured on the machine
+the first time its shapes are seen (``pick_pass``, through ``autotune``);
+``runs_on_blas`` and ``numba_kernels.BLOCK_COLS`` are the built-in rules used
+when measuring is off (``NNBACKENDS_AUTOTUNE=0``). In a distributed fit,
 ``FusedStep.summed_step`` runs the same pass, sums the gradient buffer over the
 ranks, then updates.
 """
@@ -33,6 +34,11 @@ from .step_plan import step_plan
 #: batch 1,024, where loops win); a cap on the weight count, used before, was 29% slower on
 #: average and 4.9x at worst (64-128-10 at batch 16).
 THIN_SIDES = 12
+#: Samples per block of the loop pass that ``pick_pass`` times, where the loop pass is the faster
+#: (blocks that hold the whole batch are one candidate). On the 2-core AMD EPYC (Zen 4) of
+#: 2026-12-07 the fastest of these was 1.1-1.5x faster than the slowest, and not the same block
+#: for every network: 1,024 for 2-64-3 at batch 4,096, 512 for 8-128-4 at batch 1,024.
+LOOP_BLOCKS = (256, 512, 1024, 2048)
 #: Activation codes of the step by kernel name ("softmax" marks the Softmax+CCE output).
 ACTIVATION_CODES = {"linear": K.LINEAR, "relu": K.RELU, "leaky_relu": K.LEAKY_RELU, "sigmoid": K.SIGMOID,
                     "tanh": K.TANH, "softmax": K.LINEAR}
@@ -49,20 +55,35 @@ def runs_on_blas(widths, batch) -> bool:
     return bool(batch < K.PAD_COLS or narrow > THIN_SIDES)
 
 
-def pick_pass(step, x, y) -> bool:
-    """Whether ``step`` (a ``FusedStep``) runs batches like ``x``, ``y`` on BLAS rather than loops.
+def pick_pass(step, x, y) -> tuple[bool, int]:
+    """``(blas, block)``: whether ``step`` (a ``FusedStep``) runs batches like ``x``, ``y`` on BLAS
+    rather than loops, and the loop pass's samples per block.
 
-    With measuring on, the pass that ``autotune`` measured faster for this dtype, these widths,
-    activations, output and update, and this batch size on this machine (timed once, on scratch copies: the model is untouched);
-    with it off, ``runs_on_blas``. The one place the pass is decided.
+    With measuring on, what ``autotune`` measured faster for this dtype, these widths,
+    activations, output and update, and this batch size on this machine (timed once, on scratch
+    copies: the model is untouched): first the pass, the loop pass in blocks of ``BLOCK_COLS``;
+    then, where loops won, the block among ``LOOP_BLOCKS`` (so a wide network, where BLAS wins,
+    times one slow loop pass, not several). With measuring off, ``runs_on_blas`` and
+    ``BLOCK_COLS``. The one place the pass is decided.
     """
+    n = x.shape[0]
     if not autotune.enabled():
-        return runs_on_blas(step.widths, x.shape[0])
+        return runs_on_blas(step.widths, n), K.BLOCK_COLS
+    tuner, version = autotune.tuner(), _kernels_digest()
     case = {"work": "numba fused step", "dtype": step.dtype.name,
             "widths": "-".join(map(str, step.widths)), "activations": "-".join(map(str, step.codes)),
-            "output": int(step.mode), "update": int(step.opt_code), "batch": x.shape[0]}
-    trials = {"loops": functools.partial(step.trial, False, x, y), "blas": functools.partial(step.trial, True, x, y)}
-    return autotune.tuner().choose(case, trials, version=_kernels_digest()) == "blas"
+            "output": int(step.mode), "update": int(step.opt_code), "batch": n}
+    trials = {"loops": functools.partial(step.trial, False, K.BLOCK_COLS, x, y),
+              "blas": functools.partial(step.trial, True, 0, x, y)}
+    if tuner.choose(case, trials, version) == "blas":
+        return True, 0
+    blocks = {}  # one candidate per distinct buffer, named by the samples it holds
+    for block in (K.BLOCK_COLS, *LOOP_BLOCKS):  # the built-in block first: it wins a tie
+        blocks.setdefault(f"{_rows_held(False, block, n)} samples", block)
+    if len(blocks) == 1:
+        return False, K.BLOCK_COLS
+    trials = {name: functools.partial(step.trial, False, block, x, y) for name, block in blocks.items()}
+    return False, blocks[tuner.choose({**case, "work": "numba loop pass block"}, trials, version)]
 
 
 @functools.lru_cache(maxsize=1)
@@ -73,9 +94,10 @@ def _kernels_digest() -> str:
         return hashlib.sha256(f.read()).hexdigest()[:12]
 
 
-def _rows_held(blas, n) -> int:
-    """How many rows a pass's work buffers hold for batches of ``n`` rows (the loop pass works in padded blocks)."""
-    return n if blas else -(-min(n, K.BLOCK_COLS) // K.PAD_COLS) * K.PAD_COLS
+def _rows_held(blas, block, n) -> int:
+    """How many rows a pass's work buffers hold for batches of ``n`` rows (the loop pass works in blocks
+    of ``block`` samples, padded to ``PAD_COLS``; its kernels read the block from the buffers)."""
+    return n if blas else -(-min(n, block) // K.PAD_COLS) * K.PAD_COLS
 
 
 def _work_buffers(blas, widths, size, dtype):
@@ -148,12 +170,13 @@ class FusedStep:
         self.regs = np.array([[p.l1, p.l2] for p in params], dtype=np.float64)
         self.hyper = np.zeros(4)
         self.blas = None  # which pass: chosen on the first batch, then kept (a pass compiles on first use)
+        self.block = K.BLOCK_COLS  # the loop pass's samples per block, chosen with the pass
         self.capacity = 0
         self.work = None  # the chosen pass's work buffers, as its kernels take them after ``widths``
 
     def _buffers(self, n):
         """Work buffers for batches of ``n`` rows, for the chosen pass."""
-        size = _rows_held(self.blas, n)
+        size = _rows_held(self.blas, self.block, n)
         if size > self.capacity:
             self.work = _work_buffers(self.blas, self.widths, size, self.dtype)
             self.capacity = size
@@ -163,7 +186,7 @@ class FusedStep:
         x = x if x.flags.c_contiguous else np.ascontiguousarray(x)
         self._set_hyper()
         if self.blas is None:
-            self.blas = pick_pass(self, x[:rows], y[:rows])
+            self.blas, self.block = pick_pass(self, x[:rows], y[:rows])
         if rows > self.capacity:
             self._buffers(rows)
         return x
@@ -177,12 +200,13 @@ class FusedStep:
         """What every step kernel takes after ``x, y``, up to the work buffers."""
         return self.mode, self.P, self.G, self.S1, self.S2, self.offsets, self.widths
 
-    def trial(self, blas, x, y):
-        """A call of one pass's step on batch ``x``, ``y`` that changes nothing of the model: it updates
-        scratch copies of the parameters, gradients and optimizer state, in its own work buffers."""
+    def trial(self, blas, block, x, y):
+        """A call of one pass's step (the loop pass in blocks of ``block`` samples) on batch ``x``, ``y``
+        that changes nothing of the model: it updates scratch copies of the parameters, gradients
+        and optimizer state, in its own work buffers."""
         mode, P, G, S1, S2, offsets, widths = self._state()
         state = (mode, P.copy(), G.copy(), S1.copy(), S2.copy(), offsets, widths)
-        work = _work_buffers(blas, self.widths, _rows_held(blas, x.shape[0]), self.dtype)
+        work = _work_buffers(blas, self.widths, _rows_held(blas, block, x.shape[0]), self.dtype)
         settings = self._settings()[:-1] + (self.hyper.copy(), self.model.optimizer.iterations + 1)
         return lambda: (K.blas_step if blas else K.loops_step)(x, y, *state, *work, *settings)
 
