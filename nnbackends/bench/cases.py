@@ -228,8 +228,6 @@ class ProductsCase(TrainCase):
     ``% peak`` is the ceiling of a step's on this BLAS, and a step's median over this one's is
     the share of the step that its products take."""
 
-    backend = PRODUCTS
-
     def __init__(self, workload: Workload, dtype, smoke=False, threads=None):
         super().__init__(workload, PRODUCTS, dtype, smoke, threads)
 

@@ -214,8 +214,7 @@ def add_ratios(results, peak):
     (``torch_peer``: ``torch`` for CPU rows, ``torch-cuda`` for the others). ``products_share``:
     the share of a CPU backend's step that its matrix products alone take (the ``PRODUCTS`` row's
     median over this one's), where the work has that row; not for the PyTorch peer, whose
-    products are not NumPy's. The ``PRODUCTS`` row itself is compared
-    with nothing.
+    products are not NumPy's. The ``PRODUCTS`` row itself is compared with nothing.
     """
     by_work = {}
     for r in results:
