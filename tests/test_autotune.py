@@ -176,8 +176,8 @@ def test_a_cache_file_of_an_older_format_is_replaced_without_a_warning(tmp_path)
 BAD_FILES = {
     "not-json": ("{decisions: ", "not valid JSON"),
     "another-format": (json.dumps({"format": "something else", "decisions": {}}), "not an nnbackends-autotune file"),
-    "a-newer-version": (json.dumps({"format": autotune.FORMAT, "version": autotune.FORMAT_VERSION + 1, "decisions": {}}),
-                        f"format version {autotune.FORMAT_VERSION + 1}"),
+    "a-newer-version": (json.dumps({"format": autotune.FORMAT, "version": autotune.FORMAT_VERSION + 1,
+                                    "decisions": {}}), f"format version {autotune.FORMAT_VERSION + 1}"),
     "malformed-decisions": (json.dumps({"format": autotune.FORMAT, "version": autotune.FORMAT_VERSION,
                                         "decisions": {"k": {"choice": 3}}}), "malformed"),
 }
@@ -232,10 +232,10 @@ def test_the_environment_variable_turns_measuring_off(monkeypatch, value, on):
 
 
 # ---------------------------------------------------------------------- the Numba fused step
-def trained(dtype="float32", epochs=5):
-    """A spiral model trained full batch, and its fused step."""
+def trained(dtype="float32", epochs=5, samples=100):
+    """A spiral model trained full batch on ``samples`` rows per class, and its fused step."""
     model = spiral_model("numba", dtype)
-    model.fit(*spiral(), epochs=epochs, verbose=0)
+    model.fit(*datasets.spiral_data(samples, 3), epochs=epochs, verbose=0)
     return model, model._fused_step
 
 
@@ -261,16 +261,13 @@ def test_the_step_runs_the_pass_measured_faster_and_a_second_model_reads_it(monk
     assert trained()[1].blas is (faster == "blas")
 
 
+#: Samples per class of a spiral big enough that every block of ``LOOP_BLOCKS`` is a candidate (3,000 rows).
+BIG = 1000
+
+
 def loop_block(args) -> int:
     """The samples per block of a ``loops_step`` call: the width of its feature-major input buffer."""
     return args[9].shape[1]
-
-
-def fit_big_spiral(dtype="float32"):
-    """A spiral model trained full batch on 3,000 rows (every block of ``LOOP_BLOCKS`` is a candidate)."""
-    model = spiral_model("numba", dtype)
-    model.fit(*datasets.spiral_data(1000, 3), epochs=3, verbose=0)
-    return model, model._fused_step
 
 
 @needs_numba
@@ -282,7 +279,7 @@ def test_the_loop_pass_runs_in_the_block_measured_fastest(measuring, pass_costs,
     clock = FakeClock()
     measuring(clock)
     pass_costs(clock, loops=lambda args: 1.0 if loop_block(args) == fastest else 2.0, blas=5.0)
-    _, step = fit_big_spiral()
+    _, step = trained(epochs=3, samples=BIG)
     assert (step.blas, step.block, step.work[0].shape[1]) == (False, fastest, fastest)
     decisions = {e["case"]["work"]: e for e in cached().values()}
     assert decisions["numba fused step"]["choice"] == "loops"
@@ -299,7 +296,7 @@ def test_no_block_is_measured_where_blas_wins_or_one_block_holds_the_batch(measu
     clock = FakeClock()
     measuring(clock)
     pass_costs(clock, loops=lambda args: 3.0 if loop_block(args) == numba_kernels.BLOCK_COLS else 1.0, blas=2.0)
-    assert fit_big_spiral()[1].blas is True  # loops in blocks of BLOCK_COLS lost: no other block was timed
+    assert trained(epochs=3, samples=BIG)[1].blas is True  # loops in blocks of BLOCK_COLS lost: no other block timed
     model = spiral_model("numba", "float32")
     model.fit(*spiral(), epochs=1, batch_size=100, verbose=0)  # every candidate block holds 100 rows
     assert (model._fused_step.blas, model._fused_step.block) == (False, numba_kernels.BLOCK_COLS)
@@ -314,7 +311,7 @@ def test_every_loop_block_gives_the_same_numbers(measuring, pass_costs, tmp_path
         clock = FakeClock()
         measuring(clock, tmp_path / str(fastest))
         pass_costs(clock, loops=lambda args, fastest=fastest: 1.0 if loop_block(args) == fastest else 2.0, blas=5.0)
-        model, step = fit_big_spiral(dtype)
+        model, step = trained(dtype, epochs=3, samples=BIG)
         assert step.block == fastest
         weights[fastest] = model.get_weights()
     assert_weights_close(weights[256], weights[2048], 3 * ONE_STEP[dtype], "blocks of 256 against 2048, 3 steps")
